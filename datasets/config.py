@@ -1,0 +1,111 @@
+"""Typed YAML configuration: strict pydantic models, errors that name the file and the field.
+
+Every config in the project is a :class:`StrictModel`; :func:`load_config` reads a YAML file into one, applies
+dotted overrides (``{"chain.noise.probability": 0.5}``) from CLI flags, and raises :class:`ConfigError` whose
+message names the file and the dotted field path of every problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+M = TypeVar("M", bound="StrictModel")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the file and the field."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    problems = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{field}: unknown key")
+        else:
+            problems.append(f"{field}: {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: invalid config: " + "; ".join(problems)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; empty file gives ``{}``; anything else than a mapping is a ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    section: str | None = None,
+) -> M:
+    """Load ``path`` (optional) into ``model``, then apply dotted ``overrides`` (``None`` values are skipped).
+
+    ``section`` picks one top-level key of the file (e.g. ``chain`` out of a synth config).
+    """
+    source = str(path) if path is not None else "<defaults>"
+    data: dict = read_yaml(path) if path is not None else {}
+    if section is not None:
+        data = data.get(section) or {}
+        source = f"{source}[{section}]"
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from None
+
+
+def config_sha256(cfg: BaseModel) -> str:
+    """Stable digest of a resolved config (canonical JSON)."""
+    return hashlib.sha256(canonical_json(cfg.model_dump(mode="json")).encode()).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (what ``--print-config`` shows)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
