@@ -1,0 +1,96 @@
+"""Demo corpus and generated banks: deterministic bytes for a seed, documented content."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets.audio import read_audio
+from datasets.banks import NOISE_TYPES, make_noise_bank, make_rir_bank, rir_metrics
+from datasets.demo import make_demo_corpus
+from datasets.manifest import read_manifest
+
+
+def regenerate_digest(make, out: Path) -> dict[str, str]:
+    """Digest of a second generation into the same folder (manifests hold absolute paths)."""
+    shutil.rmtree(out)
+    make(out)
+    return tree_digest(out)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in (".flac", ".parquet", ".jsonl")
+    }
+
+
+def test_demo_corpus_is_deterministic_and_full_band(tmp_path):
+    def make(out, seed=3):
+        return make_demo_corpus(out, minutes=0.4, seed=seed, speakers=4, progress=False)
+
+    a = make(tmp_path / "a")
+    digest_a = tree_digest(a.parent)
+    assert regenerate_digest(make, a.parent) == digest_a and len(digest_a) > 4
+    make(tmp_path / "c", seed=4)
+    assert tree_digest(tmp_path / "c") != digest_a
+
+    df = read_manifest(a, kind="speech")
+    assert set(df.sample_rate) == {48000} and df.speaker.nunique() == 4
+    assert df.duration_s.sum() >= 0.4 * 60 - 1
+    assert (tmp_path / "a" / "rejects.jsonl").read_text() == ""
+    x, sr = read_audio(df.path.iloc[0])
+    spectrum = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / sr)
+    above_16k = spectrum[freqs > 16000].sum() / spectrum.sum()
+    assert 1e-6 < above_16k < 0.2, "demo speech must carry (some) energy up to 24 kHz"
+    frames = x[: len(x) // 480 * 480].reshape(-1, 480)
+    level = 10 * np.log10((frames**2).mean(axis=1) + 1e-12)
+    assert (level < level.max() - 40).mean() > 0.05, "pauses between words"
+
+
+def test_rir_bank_is_deterministic_and_measured(tmp_path):
+    def make(out):
+        return make_rir_bank(out, count=4, seed=1, progress=False)
+
+    a = make(tmp_path / "a")
+    assert regenerate_digest(make, a.parent) == tree_digest(a.parent)
+    df = read_manifest(a, kind="rir")
+    assert len(df) == 4 and df.rt60.between(0.1, 2.0).all()
+    assert df.drr.notna().all() and df.c50.notna().all()
+    rir, sr = read_audio(df.path.iloc[0])
+    assert rir_metrics(rir, sr)["rt60"] == pytest.approx(df.rt60.iloc[0], rel=0.02)
+
+
+def test_noise_bank_has_every_type_and_is_deterministic(tmp_path):
+    def make(out):
+        return make_noise_bank(out, minutes=0.5, seed=0, clip_seconds=3, progress=False)
+
+    a = make(tmp_path / "a")
+    assert regenerate_digest(make, a.parent) == tree_digest(a.parent)
+    df = read_manifest(a, kind="noise")
+    assert sorted(df.noise_type.unique()) == sorted(NOISE_TYPES)
+    white = read_audio(df[df.noise_type == "white"].path.iloc[0])[0]
+    brown = read_audio(df[df.noise_type == "brown"].path.iloc[0])[0]
+
+    def hf_fraction(x):
+        s = np.abs(np.fft.rfft(x)) ** 2
+        return s[len(s) // 2 :].sum() / s.sum()
+
+    assert hf_fraction(white) > 0.3 > 0.01 > hf_fraction(brown)
+
+
+def test_rir_metrics_of_a_known_decay():
+    sr = 48000
+    rt60 = 0.5
+    t = np.arange(int(sr * 1.0)) / sr
+    rir = np.random.default_rng(0).standard_normal(len(t)) * 10 ** (-3 * t / rt60)
+    rir[0] = 30.0
+    m = rir_metrics(rir, sr)
+    assert m["rt60"] == pytest.approx(rt60, rel=0.1)
+    assert m["c50"] > 0
