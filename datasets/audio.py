@@ -4,8 +4,7 @@
 * other containers (m4a, webm, aac, opus in mp4, ...) are decoded by the ``ffmpeg`` binary when it exists
   (:func:`ffmpeg_available`); without it they raise :class:`AudioError` saying so;
 * paths may be local or URIs (``s3://``, ``gs://``, ``file://``, ...) opened through fsspec;
-* resampling uses soxr at ``VHQ`` quality (linear phase, passband to 0.91 of Nyquist... see
-  :func:`resample`), which keeps aliasing below -140 dB; it is exact for equal rates (no-op).
+* resampling uses soxr at ``VHQ`` quality (see :func:`resample`); equal rates are a no-op.
 
 Samples are float32 in [-1, 1]; mono signals are 1-D, multichannel ones ``(frames, channels)``.
 """
@@ -163,7 +162,8 @@ def read_audio(
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int, quality: str = "VHQ") -> np.ndarray:
-    """Band-limited resampling with soxr (``VHQ``: linear phase, 175 dB stop band, passband flat to 0.91 fs/2).
+    """Band-limited resampling with soxr ``VHQ``: linear phase, >= 170 dB stop-band rejection, flat pass band
+    to about 0.91 of the lower Nyquist frequency.
 
     Output length is ``round(len(x) * sr_out / sr_in)``. Equal rates return the input unchanged.
     """
