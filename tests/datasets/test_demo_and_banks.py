@@ -94,3 +94,18 @@ def test_rir_metrics_of_a_known_decay():
     m = rir_metrics(rir, sr)
     assert m["rt60"] == pytest.approx(rt60, rel=0.1)
     assert m["c50"] > 0
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_espeak_voices_are_added_at_48k(tmp_path):
+    df = read_manifest(make_demo_corpus(tmp_path, minutes=0.1, seed=0, speakers=2, espeak=True, progress=False))
+    espeak = df[df.speaker.str.startswith("espeak")]
+    assert len(espeak) >= 4 and set(espeak.sample_rate) == {48000}
+
+
+def test_espeak_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import datasets.demo as demo
+
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="espeak-ng is not installed"):
+        make_demo_corpus(tmp_path, minutes=0.05, seed=0, speakers=1, espeak=True, progress=False)
