@@ -1,0 +1,103 @@
+"""Stage configs: ``configs/train/<stage>/<name>.yaml`` with a ``model`` and a ``features`` section.
+
+``model.name`` picks a registered network (:mod:`training.models.registry`); the rest of ``model`` are that
+network's hyper-parameters, validated by its own config model, so an error names the exact field
+(``configs/train/recovery/paper.yaml: invalid config: model.nf: ...``). ``features`` holds the STFT (recovery) or
+the log-mel (the 48 kHz stages) settings. Further sections (optimiser, steps, loss weights) are added to
+:class:`StageConfig` as new fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import create_model
+
+from datasets.config import CONFIG_ROOT, ConfigError, StrictModel, load_config, read_yaml
+from training.features import MelConfig, StftConfig
+from training.models import registry
+from training.models.registry import NetworkConfig
+
+TRAIN_CONFIG_ROOT = CONFIG_ROOT / "train"
+
+# which front-end each stage consumes; its section must be present in the stage config
+STAGE_FEATURES = {"recovery": "stft", "autoencoder": "mel", "vocoder": "mel", "ldm": "mel"}
+
+
+class FeaturesConfig(StrictModel):
+    stft: StftConfig | None = None
+    mel: MelConfig | None = None
+
+
+class StageConfig(StrictModel):
+    """One training stage. ``model`` is narrowed to the named network's config by :func:`load_stage_config`."""
+
+    stage: str
+    model: NetworkConfig
+    features: FeaturesConfig = FeaturesConfig()
+
+
+def resolve_stage_config_path(stage: str, path_or_name: str | Path) -> Path:
+    """``"tiny"``/``"paper"`` (any bare name) -> ``configs/train/<stage>/<name>.yaml``; else a file path."""
+    if stage not in registry.STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(registry.STAGES)}")
+    text = str(path_or_name)
+    if "/" not in text and not text.endswith((".yaml", ".yml")):
+        path = TRAIN_CONFIG_ROOT / stage / f"{text}.yaml"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in (TRAIN_CONFIG_ROOT / stage).glob("*.yaml"))
+            raise FileNotFoundError(
+                f"no config named {text!r} for stage {stage}; shipped: {', '.join(shipped)}"
+            )
+        return path
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    return path
+
+
+def stage_config_model(network: str) -> type[StageConfig]:
+    """:class:`StageConfig` with ``model`` typed as the config of ``network`` (for exact validation errors)."""
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"StageConfig[{network}]", __base__=StageConfig, model=(registry.config_class(network), ...)
+    )
+
+
+def load_stage_config(
+    stage: str, path_or_name: str | Path = "paper", overrides: dict[str, Any] | None = None
+) -> StageConfig:
+    """Load and validate a stage config; ``path_or_name`` is a YAML path or a shipped name (``tiny``, ``paper``)."""
+    path = resolve_stage_config_path(stage, path_or_name)
+    data = read_yaml(path)
+    model = data.get("model")
+    if not isinstance(model, dict) or "name" not in model:
+        raise ConfigError(
+            f"{path}: invalid config: model.name: missing (one of {', '.join(registry.names(stage))})"
+        )
+    network = str((overrides or {}).get("model.name") or model["name"])
+    cls = registry.network_class(network) if network in registry.names() else None
+    if cls is None:
+        raise ConfigError(
+            f"{path}: invalid config: model.name: unknown network {network!r}; registered for "
+            f"{stage}: {', '.join(registry.names(stage))}"
+        )
+    if cls.stage != stage:  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"{path}: invalid config: model.name: network {network!r} belongs to stage "
+            f"{cls.stage}, not {stage}"
+        )  # type: ignore[attr-defined]
+    all_overrides = {"stage": stage, **(overrides or {})}
+    if data.get("stage", stage) != stage:
+        raise ConfigError(
+            f"{path}: invalid config: stage: file is for {data['stage']!r}, loaded as {stage!r}"
+        )
+    cfg = load_config(stage_config_model(network), path, all_overrides)
+    needed = STAGE_FEATURES[stage]
+    if getattr(cfg.features, needed) is None:
+        raise ConfigError(f"{path}: invalid config: features.{needed}: required for stage {stage}")
+    check = getattr(cls, "check_features", None)
+    problems = check(cfg.model, cfg.features) if check is not None else []
+    if problems:
+        raise ConfigError(f"{path}: invalid config: " + "; ".join(problems))
+    return cfg
