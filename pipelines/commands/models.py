@@ -1,0 +1,59 @@
+"""``hires models summary|list``: check a network config (parameters, shapes) before launching a job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="inspect the networks of the training stages")
+    models.set_defaults(_parser=models)
+    msub = models.add_subparsers(dest="models_command", metavar="COMMAND")
+
+    summary = msub.add_parser(
+        "summary",
+        help="parameters and input/output shapes of a stage's network (JSON)",
+        description="Build the network named by a stage config on the meta device (no weights are allocated, "
+        "so paper configs are instant) and print its parameter counts and the tensor shapes for one clip.",
+    )
+    summary.add_argument("stage", choices=["recovery", "autoencoder", "vocoder", "ldm"])
+    summary.add_argument(
+        "--config", default="paper", help="YAML path, or a shipped name: paper, tiny (default: paper)"
+    )
+    summary.add_argument(
+        "--seconds", type=float, default=5.12, help="clip length for the shapes (default 5.12)"
+    )
+    summary.add_argument("--batch", type=int, default=1, help="batch size for the shapes (default 1)")
+    summary.set_defaults(func=run_summary)
+
+    listing = msub.add_parser("list", help="registered networks and shipped configs per stage (JSON)")
+    listing.set_defaults(func=run_list)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from training.config import load_stage_config
+    from training.models.summary import summarize
+
+    cfg = load_stage_config(args.stage, args.config)
+    print(json.dumps(summarize(cfg, seconds=args.seconds, batch=args.batch), indent=2))
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from training.config import TRAIN_CONFIG_ROOT
+    from training.models.registry import STAGES, names
+
+    print(
+        json.dumps(
+            {
+                stage: {
+                    "networks": names(stage),
+                    "configs": sorted(p.stem for p in (TRAIN_CONFIG_ROOT / stage).glob("*.yaml")),
+                }
+                for stage in STAGES
+            },
+            indent=2,
+        )
+    )
+    return 0
