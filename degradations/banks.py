@@ -1,0 +1,242 @@
+"""Noise and RIR banks: audio by id, read lazily and cached per process.
+
+A :class:`Banks` holds only small tables (id -> path, frames, rt60 ...) and is cheap to pickle, so a Ray task can
+receive it; decoded audio lives in a per-process LRU cache bounded in bytes (shared by every ``Banks`` object in
+the process), so each worker decodes a bank file once however many samples use it. Audio is returned as float32
+mono at the bank sample rate (noise files are downmixed; RIRs keep their first channel, since averaging
+microphones would smear the direct path).
+
+:meth:`Banks.catalog` is what :func:`degradations.plan` sees: ids sorted, frames and RIR acoustics, no paths, so a
+plan does not depend on where the files live or in which order a manifest lists them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_CACHE_BYTES = 384 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BankEntry:
+    """One bank file: where it is, its native rate and length, and optional acoustic metadata."""
+
+    id: str
+    path: str | None
+    sample_rate: int
+    frames: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class _ByteLRU:
+    """Thread-safe LRU of numpy arrays bounded by their total ``nbytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.lock = threading.Lock()
+        self.misses = 0
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self.lock:
+            arr = self.items.get(key)
+            if arr is not None:
+                self.items.move_to_end(key)
+            return arr
+
+    def put(self, key: tuple, arr: np.ndarray) -> None:
+        with self.lock:
+            self.misses += 1
+            if arr.nbytes > self.max_bytes or key in self.items:
+                return
+            self.items[key] = arr
+            self.nbytes += arr.nbytes
+            while self.nbytes > self.max_bytes:
+                _, old = self.items.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.nbytes = 0
+
+
+_CACHE = _ByteLRU(DEFAULT_CACHE_BYTES)
+
+
+def audio_cache() -> _ByteLRU:
+    """The process-wide decoded-audio cache (exposed for tests and for sizing)."""
+    return _CACHE
+
+
+def _read_manifest(path: str | Path):
+    try:  # the project's reader validates the schema; fall back to plain pyarrow where it is not available
+        from datasets.manifest import read_manifest
+    except ImportError:  # pragma: no cover - depends on the checkout
+        read_manifest = None
+    if read_manifest is not None:
+        return read_manifest(path)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path)).to_pandas()
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _entries_from_manifest(path: str | Path, kind: str, split: str | None) -> dict[str, BankEntry]:
+    df = _read_manifest(path)
+    for column in ("id", "path", "sample_rate", "frames"):
+        if column not in df.columns:
+            raise ValueError(f"{path}: {kind} manifest has no column {column!r}")
+    if split is not None:
+        if "split" not in df.columns:
+            raise ValueError(f"{path}: {kind} manifest has no column 'split' to select {split!r}")
+        df = df[df["split"] == split]
+    meta_columns = ("rt60", "drr", "c50") if kind == "rir" else ("noise_type",)
+    entries: dict[str, BankEntry] = {}
+    for row in df.itertuples(index=False):
+        rid = str(row.id)
+        if rid in entries:
+            raise ValueError(f"{path}: duplicate {kind} id {rid!r}")
+        meta: dict[str, Any] = {}
+        for column in meta_columns:
+            if column in df.columns:
+                value = getattr(row, column)
+                meta[column] = (
+                    _finite_or_none(value) if kind == "rir" else (None if value is None else str(value))
+                )
+        entries[rid] = BankEntry(rid, str(row.path), int(row.sample_rate), int(row.frames), meta)
+    if not entries:
+        raise ValueError(f"{path}: {kind} manifest has no rows" + (f" in split {split!r}" if split else ""))
+    return entries
+
+
+class Banks:
+    """Noise and RIR audio by id at one sample rate, decoded lazily and cached per process."""
+
+    def __init__(
+        self,
+        sr: int = 48000,
+        noise: Mapping[str, BankEntry] | None = None,
+        rir: Mapping[str, BankEntry] | None = None,
+        arrays: Mapping[tuple[str, str], np.ndarray] | None = None,
+    ) -> None:
+        self.sr = int(sr)
+        self._entries = {"noise": dict(noise or {}), "rir": dict(rir or {})}
+        # in-memory banks (tests, benchmarks) travel with the object instead of living in the process cache
+        self._arrays = dict(arrays or {})
+
+    # ------------------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_manifests(
+        cls,
+        noise_manifest: str | Path | None,
+        rir_manifest: str | Path | None,
+        sr: int = 48000,
+        split: str | None = None,
+    ) -> Banks:
+        """Banks described by Parquet manifests (either may be None: the operator needing it is not planned).
+
+        ``split`` keeps only rows of that split (e.g. ``"train"``).
+        """
+        noise = _entries_from_manifest(noise_manifest, "noise", split) if noise_manifest is not None else {}
+        rir = _entries_from_manifest(rir_manifest, "rir", split) if rir_manifest is not None else {}
+        return cls(sr=sr, noise=noise, rir=rir)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        sr: int = 48000,
+        noise: Mapping[str, np.ndarray] | None = None,
+        rir: Mapping[str, np.ndarray] | None = None,
+        rir_meta: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Banks:
+        """Banks held in memory (already at ``sr``): for tests, benchmarks and notebooks."""
+        entries: dict[str, dict[str, BankEntry]] = {"noise": {}, "rir": {}}
+        arrays: dict[tuple[str, str], np.ndarray] = {}
+        for kind, table in (("noise", noise or {}), ("rir", rir or {})):
+            for bid, arr in table.items():
+                a = np.ascontiguousarray(np.asarray(arr, dtype=np.float32).reshape(-1))
+                meta = dict((rir_meta or {}).get(bid, {})) if kind == "rir" else {}
+                entries[kind][bid] = BankEntry(str(bid), None, int(sr), len(a), meta)
+                arrays[(kind, str(bid))] = a
+        return cls(sr=sr, noise=entries["noise"], rir=entries["rir"], arrays=arrays)
+
+    # ---------------------------------------------------------------------------------------------- access
+
+    def has(self, kind: str) -> bool:
+        return bool(self._entries[kind])
+
+    def entry(self, kind: str, bank_id: str) -> BankEntry:
+        try:
+            return self._entries[kind][bank_id]
+        except KeyError:
+            known = len(self._entries.get(kind, {}))
+            raise KeyError(f"{kind} bank has no id {bank_id!r} ({known} ids loaded)") from None
+
+    def noise(self, bank_id: str) -> np.ndarray:
+        """Noise ``bank_id`` as float32 mono at ``self.sr`` (read-only array, shared through the cache)."""
+        return self._audio("noise", bank_id)
+
+    def rir(self, bank_id: str) -> np.ndarray:
+        """RIR ``bank_id`` as float32 at ``self.sr`` (first channel; read-only, shared through the cache)."""
+        return self._audio("rir", bank_id)
+
+    def _audio(self, kind: str, bank_id: str) -> np.ndarray:
+        entry = self.entry(kind, bank_id)
+        held = self._arrays.get((kind, bank_id))
+        if held is not None:
+            return held
+        key = (kind, entry.path, self.sr)
+        arr = _CACHE.get(key)
+        if arr is None:
+            arr = self._decode(kind, entry)
+            arr.setflags(write=False)
+            _CACHE.put(key, arr)
+        return arr
+
+    def _decode(self, kind: str, entry: BankEntry) -> np.ndarray:
+        from datasets.audio import read_audio, resample
+
+        if kind == "rir":
+            x, file_sr = read_audio(entry.path, mono=False)
+            x = x[:, 0] if x.ndim == 2 else x
+            x = resample(x, file_sr, self.sr)
+        else:
+            x, _ = read_audio(entry.path, sr=self.sr, mono=True)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if len(x) == 0:
+            raise ValueError(f"{entry.path}: {kind} file {entry.id!r} has no samples")
+        return x
+
+    # --------------------------------------------------------------------------------------------- catalogue
+
+    def catalog(self) -> dict[str, Any]:
+        """Small JSON-able description for planning: per kind, entries sorted by id with frames at ``sr``."""
+
+        def frames_at_sr(e: BankEntry) -> int:
+            return int(round(e.frames * self.sr / e.sample_rate)) if e.sample_rate else e.frames
+
+        out: dict[str, Any] = {"sample_rate": self.sr}
+        for kind, table in self._entries.items():
+            out[kind] = [{"id": e.id, "frames": frames_at_sr(e), **e.meta} for _, e in sorted(table.items())]
+        return out
+
+    def __repr__(self) -> str:
+        return f"Banks(sr={self.sr}, noise={len(self._entries['noise'])}, rir={len(self._entries['rir'])})"

@@ -1,0 +1,67 @@
+"""Clipping at a level set by a quantile of |x|: hard (flat tops) or soft (tanh saturation).
+
+The threshold ``t`` is the ``quantile`` of |x| (0.90-0.99 by default), so about ``1 - quantile`` of the samples
+are clipped whatever the input level. Hard: ``clip(x, -t, t)``. Soft: ``t * tanh(x / t)`` (unit slope at zero,
+saturating at ``t``; the "drive" is how far the peaks exceed ``t``). ``clipped_fraction`` is the fraction of
+samples with ``|x| > t``, i.e. those flattened (hard) or pushed into saturation (soft).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from datasets.config import StrictModel
+from degradations.base import Applied, Degradation, register
+
+Mode = Literal["hard", "soft"]
+
+
+class ClippingConfig(StrictModel):
+    modes: list[Mode] = Field(default_factory=lambda: ["hard", "soft"], min_length=1)
+    quantile: tuple[float, float] = (0.90, 0.99)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClippingConfig:
+        lo, hi = self.quantile
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"quantile: need 0 < low <= high <= 1, got {[lo, hi]}")
+        return self
+
+
+@register
+class Clipping(Degradation):
+    """Hard or soft (tanh) clipping at the ``quantile`` of |x|."""
+
+    name = "clipping"
+    Config = ClippingConfig
+    report_keys = ("clipping_mode", "clipping_threshold", "clipped_fraction")
+
+    def sample(self, rng: np.random.Generator, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        modes = self.config.modes
+        return {
+            "mode": str(modes[int(rng.integers(len(modes)))]),
+            "quantile": float(rng.uniform(*self.config.quantile)),
+        }
+
+    def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
+        mode = params["mode"]
+        if mode not in ("hard", "soft"):
+            raise ValueError(f"clipping: unknown mode {mode!r}; expected 'hard' or 'soft'")
+        report: dict[str, Any] = {"clipping_mode": mode, "clipping_threshold": None, "clipped_fraction": 0.0}
+        if len(x) == 0:
+            return Applied(x.copy(), report)
+        mag = np.abs(x)
+        t = np.float32(np.quantile(mag, float(params["quantile"]), method="lower"))
+        if not t > 0:  # silence (or mostly zeros): nothing to clip
+            return Applied(x.copy(), report)
+        report["clipping_threshold"] = float(t)
+        report["clipped_fraction"] = float(np.count_nonzero(mag > t) / len(x))
+        if mode == "hard":
+            y = np.clip(x, -t, t)
+        else:
+            y = (np.tanh(x.astype(np.float64) / float(t)) * float(t)).astype(np.float32)
+        return Applied(np.asarray(y, dtype=np.float32), report)

@@ -1,0 +1,160 @@
+"""Equalisation: low/high shelves, peaking bands and a high-pass, as a microphone or a channel would colour speech.
+
+The filter kernels are audiomentations' (RBJ-cookbook biquads for shelves and peaks, a zero-phase Butterworth
+high-pass), driven with our explicit parameters instead of its global-RNG draws. Shelves and peaks are minimum
+phase biquads whose group delay is a few samples away from their centre frequency, so the output stays aligned;
+the high-pass (50-500 Hz, where group delay is large) runs forward-backward, zero phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from audiomentations import HighPassFilter, HighShelfFilter, LowShelfFilter, PeakingFilter
+from pydantic import Field, model_validator
+
+from datasets.config import StrictModel
+from degradations.base import Applied, Degradation, register
+
+
+def _ordered(name: str, pair: tuple[float, float]) -> None:
+    if pair[0] > pair[1]:
+        raise ValueError(f"{name}: lower bound {pair[0]} is above upper bound {pair[1]}")
+
+
+class EqConfig(StrictModel):
+    low_shelf_probability: float = Field(0.5, ge=0.0, le=1.0)
+    low_shelf_hz: tuple[float, float] = (80.0, 400.0)
+    high_shelf_probability: float = Field(0.5, ge=0.0, le=1.0)
+    high_shelf_hz: tuple[float, float] = (2000.0, 8000.0)
+    shelf_gain_db: tuple[float, float] = (-12.0, 12.0)
+    shelf_q: tuple[float, float] = (0.5, 0.9)
+    peaks: tuple[int, int] = (0, 3)
+    peak_hz: tuple[float, float] = (100.0, 10000.0)
+    peak_gain_db: tuple[float, float] = (-12.0, 12.0)
+    peak_q: tuple[float, float] = (0.5, 4.0)
+    highpass_probability: float = Field(0.5, ge=0.0, le=1.0)
+    highpass_hz: tuple[float, float] = (50.0, 500.0)
+    highpass_rolloff_db: list[int] = Field(default_factory=lambda: [12, 24], min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> EqConfig:
+        for name in (
+            "low_shelf_hz",
+            "high_shelf_hz",
+            "shelf_gain_db",
+            "shelf_q",
+            "peak_hz",
+            "peak_gain_db",
+            "peak_q",
+            "highpass_hz",
+        ):
+            _ordered(name, getattr(self, name))
+        if not 0 <= self.peaks[0] <= self.peaks[1]:
+            raise ValueError(f"peaks: need 0 <= low <= high, got {list(self.peaks)}")
+        if not (0 < self.shelf_q[0] and self.shelf_q[1] <= 1.0):
+            raise ValueError(f"shelf_q: the shelf filters need 0 < q <= 1, got {list(self.shelf_q)}")
+        if any(r <= 0 or r % 12 for r in self.highpass_rolloff_db):
+            raise ValueError(
+                f"highpass_rolloff_db: zero-phase roll-offs are multiples of 12, got "
+                f"{self.highpass_rolloff_db}"
+            )
+        return self
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _biquad(kind: type, freq: float, gain_db: float, q: float):
+    t = kind()
+    t.parameters = {
+        "should_apply": True,
+        "center_freq": float(freq),
+        "gain_db": float(gain_db),
+        "q_factor": float(q),
+    }
+    return t
+
+
+@register
+class Eq(Degradation):
+    """Low/high shelf, 0-3 peaking bands and a zero-phase high-pass, each present at random."""
+
+    name = "eq"
+    Config = EqConfig
+    report_keys = ("eq_bands",)
+
+    def sample(self, rng: np.random.Generator, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        c = self.config
+        params: dict[str, Any] = {"low_shelf": None, "high_shelf": None, "peaks": [], "highpass": None}
+        # fixed draw order (every draw always made) keeps each band's values independent of the others' presence
+        for band, prob, hz in (
+            ("low_shelf", c.low_shelf_probability, c.low_shelf_hz),
+            ("high_shelf", c.high_shelf_probability, c.high_shelf_hz),
+        ):
+            present = rng.random() < prob
+            values = {
+                "freq_hz": _log_uniform(rng, *hz),
+                "gain_db": float(rng.uniform(*c.shelf_gain_db)),
+                "q": float(rng.uniform(*c.shelf_q)),
+            }
+            if present:
+                params[band] = values
+        n_peaks = int(rng.integers(c.peaks[0], c.peaks[1] + 1))
+        for _ in range(n_peaks):
+            params["peaks"].append(
+                {
+                    "freq_hz": _log_uniform(rng, *c.peak_hz),
+                    "gain_db": float(rng.uniform(*c.peak_gain_db)),
+                    "q": float(rng.uniform(*c.peak_q)),
+                }
+            )
+        present = rng.random() < c.highpass_probability
+        hp = {
+            "freq_hz": _log_uniform(rng, *c.highpass_hz),
+            "rolloff_db": int(c.highpass_rolloff_db[int(rng.integers(len(c.highpass_rolloff_db)))]),
+        }
+        if present:
+            params["highpass"] = hp
+        if not any((params["low_shelf"], params["high_shelf"], params["peaks"], params["highpass"])):
+            params["highpass"] = hp  # an EQ step that does nothing would waste a draw of the chain
+        return params
+
+    def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
+        nyquist = sr / 2.0
+        stages = []
+        if params.get("highpass"):
+            hp = params["highpass"]
+            t = HighPassFilter(min_rolloff=12, max_rolloff=48, zero_phase=True)
+            t.parameters = {
+                "should_apply": True,
+                "cutoff_freq": float(hp["freq_hz"]),
+                "rolloff": int(hp["rolloff_db"]),
+            }
+            stages.append(t)
+        for band, kind in (("low_shelf", LowShelfFilter), ("high_shelf", HighShelfFilter)):
+            b = params.get(band)
+            if b:
+                stages.append(_biquad(kind, min(b["freq_hz"], 0.45 * sr), b["gain_db"], b["q"]))
+        for b in params.get("peaks") or []:
+            stages.append(_biquad(PeakingFilter, min(b["freq_hz"], 0.45 * sr), b["gain_db"], b["q"]))
+        y = x
+        if len(x) >= 2:
+            for t in stages:
+                if isinstance(t, HighPassFilter) and (
+                    len(y) <= 3 * (2 * (t.parameters["rolloff"] // 12) + 1)
+                    or t.parameters["cutoff_freq"] >= nyquist
+                ):
+                    continue  # too short for forward-backward filtering (or nothing left to pass)
+                y = t.apply(np.ascontiguousarray(y, dtype=np.float32), sr)
+        y = np.asarray(y, dtype=np.float32)
+        return Applied(y.copy() if y is x else y, {"eq_bands": _describe(params)})
+
+
+def _describe(params: Mapping[str, Any]) -> int:
+    return sum(1 for k in ("low_shelf", "high_shelf", "highpass") if params.get(k)) + len(
+        params.get("peaks") or []
+    )

@@ -1,0 +1,126 @@
+"""Additive noise from the noise bank at an SNR measured on active speech.
+
+The speech level is the P.56-like active level of the signal entering the operator (reverberant speech when
+reverb ran before), and the noise power is measured over the same active samples, so the SNR describes what a
+listener hears while someone talks rather than being diluted by pauses. The noise excerpt starts at a random
+offset (``offset_fraction`` of the room the file leaves); a noise shorter than the signal is looped. For a silent
+input the noise is set relative to ``reference_level_db`` instead (and the achieved SNR is None).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from datasets.config import StrictModel
+from degradations.base import Applied, Degradation, register
+from degradations.levels import active_speech_level
+
+
+class NoiseConfig(StrictModel):
+    probability: float = Field(1.0, ge=0.0, le=1.0)
+    snr_db: tuple[float, float] = (-5.0, 20.0)
+    reference_level_db: float = -26.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NoiseConfig:
+        if self.snr_db[0] > self.snr_db[1]:
+            raise ValueError(f"snr_db: lower bound {self.snr_db[0]} is above upper bound {self.snr_db[1]}")
+        return self
+
+
+def noise_excerpt(noise: np.ndarray, n: int, offset_fraction: float) -> tuple[np.ndarray, int]:
+    """``n`` samples of ``noise`` from an offset chosen by ``offset_fraction`` in [0, 1); loops short noise."""
+    m = len(noise)
+    if m == 0:
+        raise ValueError("noise: the noise file has no samples")
+    if m >= n:
+        offset = min(int(offset_fraction * (m - n + 1)), m - n)
+        return noise[offset : offset + n], offset
+    offset = min(int(offset_fraction * m), m - 1)
+    return np.take(noise, (offset + np.arange(n)) % m), offset
+
+
+def snr_on_active_speech(speech: np.ndarray, noise: np.ndarray, sr: int) -> float | None:
+    """SNR in dB: P.56-like active level of ``speech`` over the power of ``noise`` on the active samples."""
+    level = active_speech_level(speech, sr)
+    if level.silent:
+        return None
+    mask = level.mask()
+    p_noise = float(np.mean(np.square(noise[mask], dtype=np.float64)))
+    if p_noise <= 0.0:
+        return math.inf
+    return level.level_db - 10.0 * math.log10(p_noise)
+
+
+@register
+class Noise(Degradation):
+    """Add bank noise ``noise_id`` at ``snr_db`` (active-speech SNR) from ``offset_fraction``."""
+
+    name = "noise"
+    Config = NoiseConfig
+    report_keys = ("noise_id", "noise_type", "noise_offset", "snr_db", "achieved_snr_db", "speech_activity")
+
+    def available(self, ctx: Mapping[str, Any]) -> bool:
+        return bool(ctx.get("noise"))
+
+    def sample(self, rng: np.random.Generator, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        noises = ctx.get("noise") or []
+        if not noises:
+            raise ValueError("noise: the bank catalogue has no noise files")
+        entry = noises[int(rng.integers(len(noises)))]
+        lo, hi = self.config.snr_db
+        return {
+            "noise_id": str(entry["id"]),
+            "snr_db": float(rng.uniform(lo, hi)),
+            "offset_fraction": float(rng.random()),
+            "reference_level_db": float(self.config.reference_level_db),
+        }
+
+    def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
+        if banks is None:
+            raise ValueError("noise: needs banks with a noise bank")
+        if banks.sr != sr:
+            raise ValueError(f"noise: banks are at {banks.sr} Hz but the signal is at {sr} Hz")
+        nid = params["noise_id"]
+        report: dict[str, Any] = {
+            "noise_id": nid,
+            "noise_type": banks.entry("noise", nid).meta.get("noise_type"),
+            "snr_db": float(params["snr_db"]),
+            "achieved_snr_db": None,
+            "noise_offset": None,
+            "speech_activity": 0.0,
+        }
+        if len(x) == 0:
+            return Applied(x.copy(), report)
+        seg, offset = noise_excerpt(banks.noise(nid), len(x), float(params["offset_fraction"]))
+        seg64 = seg.astype(np.float64)
+        report["noise_offset"] = offset
+        level = active_speech_level(x, sr)
+        report["speech_activity"] = level.activity
+        if level.silent:
+            p_speech = 10.0 ** (float(params["reference_level_db"]) / 10.0)
+            p_noise = float(np.mean(np.square(seg64)))
+        else:
+            p_speech = level.power
+            p_noise = float(np.mean(np.square(seg64[level.mask()])))
+            if p_noise <= 0.0:  # the excerpt is silent while speech is active: fall back to its overall power
+                p_noise = float(np.mean(np.square(seg64)))
+        if p_noise <= 0.0:
+            return Applied(x.copy(), report)
+        gain = math.sqrt(p_speech / (p_noise * 10.0 ** (float(params["snr_db"]) / 10.0)))
+        added = (seg64 * gain).astype(np.float32)
+        y = (x + added).astype(np.float32)
+        if not level.silent:
+            # what the output actually carries after float32 rounding, on the same active samples
+            report["achieved_snr_db"] = _achieved(level.power, (y - x)[level.mask()])
+        return Applied(y, report)
+
+
+def _achieved(p_speech: float, noise_on_active: np.ndarray) -> float | None:
+    p = float(np.mean(np.square(noise_on_active, dtype=np.float64)))
+    return 10.0 * math.log10(p_speech / p) if p > 0 else None

@@ -1,0 +1,97 @@
+"""Packet loss: the signal is cut into fixed-length packets and lost packets are zero-filled.
+
+Losses follow a two-state (Gilbert) model: a loss starts with probability ``p`` after a received packet and
+continues with probability ``1 - 1/mean_burst``, so the long-run loss rate is ``loss_rate`` and bursts average
+``mean_burst`` packets; a burst never exceeds ``max_burst`` packets. The pattern depends on the signal length,
+which the plan does not know, so the plan records the model parameters and a ``pattern_seed`` and the render
+derives the pattern from them; the report lists the lost packet indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from datasets.config import StrictModel
+from degradations.base import Applied, Degradation, register
+
+
+class PacketLossConfig(StrictModel):
+    packet_ms: float = Field(20.0, gt=0.0)
+    loss_rate: tuple[float, float] = (0.05, 0.25)
+    mean_burst: tuple[float, float] = (1.0, 3.0)
+    max_burst: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> PacketLossConfig:
+        if not 0.0 <= self.loss_rate[0] <= self.loss_rate[1] < 1.0:
+            raise ValueError(f"loss_rate: need 0 <= low <= high < 1, got {list(self.loss_rate)}")
+        if not 1.0 <= self.mean_burst[0] <= self.mean_burst[1] <= self.max_burst:
+            raise ValueError(f"mean_burst: need 1 <= low <= high <= max_burst, got {list(self.mean_burst)}")
+        return self
+
+
+def loss_pattern(
+    n_packets: int, loss_rate: float, mean_burst: float, max_burst: int, seed: int
+) -> np.ndarray:
+    """Boolean array, True where a packet is lost (Gilbert model, bursts capped at ``max_burst``)."""
+    lost = np.zeros(n_packets, dtype=bool)
+    if n_packets == 0 or loss_rate <= 0.0:
+        return lost
+    q = 1.0 / max(mean_burst, 1.0)  # P(bad -> good)
+    p = min(1.0, loss_rate * q / (1.0 - loss_rate))  # P(good -> bad) for a stationary loss rate of loss_rate
+    u = np.random.default_rng(seed).random(n_packets)
+    bad = False
+    run = 0
+    for i in range(n_packets):
+        if bad:
+            bad = run < max_burst and u[i] >= q
+        else:
+            bad = u[i] < p
+        run = run + 1 if bad else 0
+        lost[i] = bad
+    return lost
+
+
+@register
+class PacketLoss(Degradation):
+    """Zero the packets a Gilbert loss model drops (``packet_ms`` packets, bursts <= ``max_burst``)."""
+
+    name = "packet_loss"
+    Config = PacketLossConfig
+    report_keys = ("lost_packets", "packet_samples", "loss_fraction")
+
+    def sample(self, rng: np.random.Generator, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        c = self.config
+        return {
+            "packet_ms": float(c.packet_ms),
+            "loss_rate": float(rng.uniform(*c.loss_rate)),
+            "mean_burst": float(rng.uniform(*c.mean_burst)),
+            "max_burst": int(c.max_burst),
+            "pattern_seed": int(rng.integers(2**63 - 1)),
+        }
+
+    def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
+        packet = max(1, int(round(float(params["packet_ms"]) * 1e-3 * sr)))
+        n_packets = -(-len(x) // packet)
+        lost = loss_pattern(
+            n_packets,
+            float(params["loss_rate"]),
+            float(params["mean_burst"]),
+            int(params["max_burst"]),
+            int(params["pattern_seed"]),
+        )
+        y = x.copy()
+        if lost.any():
+            sample_lost = np.repeat(lost, packet)[: len(x)]
+            y[sample_lost] = 0.0
+        indices = np.nonzero(lost)[0].tolist()
+        report = {
+            "lost_packets": indices,
+            "packet_samples": packet,
+            "loss_fraction": (len(indices) / n_packets) if n_packets else 0.0,
+        }
+        return Applied(y, report)
