@@ -1,0 +1,182 @@
+"""End-to-end synthesis throughput (clean FLAC in, WebDataset shards out), JSON on stdout.
+
+Measures ``hires synth`` (plan + Ray Data render) on the demo corpus with 1 and 2 workers, each on a fresh
+local Ray of that size, and a plain single-process chain built from off-the-shelf parts in the same run:
+audiomentations (loudness normalisation, impulse response, background noise, one to three of low-pass / clipping /
+MP3 / peaking EQ, peak normalisation), pyroomacoustics (RT60 of the response used, as our metadata records), FLAC
+encoding and ``webdataset.TarWriter``. Figures:
+
+* ``x_realtime_per_core``: seconds of 48 kHz audio written per wall second per worker, render phase (Ray Data
+  execution from the first task to the last shard; the run's fixed costs are reported separately);
+* ``end_to_end_x_realtime_per_core``: the same over the whole call (plan, Ray start, worker start-up, index);
+* ``scaling_1_to_2``: render throughput with 2 workers over 1 worker.
+
+Targets (DESIGN.md section 9): >= 150x real time per core, 1 -> 2 workers >= 1.8x. Usage::
+
+    python benchmarks/synth_throughput.py --minutes 10 [--workdir out/bench-synth] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def make_inputs(workdir: Path, minutes: float, noise_minutes: float, rirs: int) -> dict[str, str]:
+    from datasets.banks import make_noise_bank, make_rir_bank
+    from datasets.demo import make_demo_corpus
+
+    tag = f"m{minutes:g}_n{noise_minutes:g}_r{rirs}"
+    root = workdir / "inputs" / tag
+    paths = {"clean": root / "clean", "noise": root / "noise", "rir": root / "rir"}
+    if not all((p / "manifest.parquet").exists() for p in paths.values()):
+        make_demo_corpus(paths["clean"], minutes=minutes, seed=0, progress=False)
+        make_noise_bank(paths["noise"], minutes=noise_minutes, seed=0, progress=False)
+        make_rir_bank(paths["rir"], count=rirs, seed=0, progress=False)
+    return {k: str(p / "manifest.parquet") for k, p in paths.items()}
+
+
+def bench_hires(inputs: dict[str, str], workdir: Path, workers: int, samples_per_shard: int) -> dict:
+    import ray
+
+    from pipelines.synth import run_synth
+    from pipelines.synth_config import load_synth_config
+
+    cfg = load_synth_config(overrides={"shards.samples_per_shard": samples_per_shard})
+    start = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        summary = run_synth(**inputs, out=str(workdir / f"hires_{workers}w"), cfg=cfg, seed=0, num_cpus=workers,
+                            force=True, progress=False)
+    finally:
+        ray.shutdown()
+    total = time.perf_counter() - start
+    audio_s = summary.rendered_seconds
+    return {
+        "workers": workers,
+        "samples": summary.samples,
+        "shards": summary.shards,
+        "audio_hours": round(audio_s / 3600, 4),
+        "render_wall_s": round(summary.wall_s, 2),
+        "total_wall_s": round(total, 2),
+        "x_realtime": round(audio_s / summary.wall_s, 1),
+        "x_realtime_per_core": round(audio_s / summary.wall_s / workers, 1),
+        "end_to_end_x_realtime_per_core": round(audio_s / total / workers, 1),
+    }
+
+
+def bench_baseline(inputs: dict[str, str], workdir: Path, segment_s: float = 5.12) -> dict:
+    """A plain single-process chain: audiomentations + pyroomacoustics + webdataset, same segments."""
+    import io
+
+    import numpy as np
+    import pyroomacoustics as pra
+    import soundfile as sf
+    import webdataset as wds
+    from audiomentations import (
+        AddBackgroundNoise,
+        ApplyImpulseResponse,
+        ClippingDistortion,
+        Compose,
+        LoudnessNormalization,
+        LowPassFilter,
+        Mp3Compression,
+        Normalize,
+        PeakingFilter,
+        SomeOf,
+    )
+
+    from datasets.manifest import read_manifest
+
+    clean = read_manifest(inputs["clean"])
+    noise_files = read_manifest(inputs["noise"])["path"].tolist()
+    rir_files = read_manifest(inputs["rir"])["path"].tolist()
+    reverb = ApplyImpulseResponse(ir_path=rir_files, p=0.5)
+    chain = Compose([
+        LoudnessNormalization(min_lufs=-20.0, max_lufs=-20.0, p=1.0),
+        reverb,
+        AddBackgroundNoise(sounds_path=noise_files, min_snr_db=-5.0, max_snr_db=20.0, p=1.0),
+        SomeOf((1, 3), [LowPassFilter(p=1.0), ClippingDistortion(p=1.0), Mp3Compression(p=1.0),
+                        PeakingFilter(p=1.0)]),
+        Normalize(p=1.0),
+    ])
+    sr = 48_000
+    n = int(round(segment_s * sr))
+    out = workdir / "baseline"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def flac(x: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(x, -1, 1), sr, format="FLAC", subtype="PCM_24")
+        return buf.getvalue()
+
+    samples = 0
+    start = time.perf_counter()
+    with wds.TarWriter(str(out / "baseline-000000.tar")) as sink:
+        for row in clean.sort_values("id").itertuples():
+            for j, offset in enumerate(range(0, int(row.frames) - sr, n)):
+                x, _ = sf.read(row.path, start=offset, frames=n, dtype="float32")
+                x = np.pad(x, (0, n - len(x)))
+                y = chain(samples=x, sample_rate=sr)
+                rt60 = None
+                if reverb.parameters.get("should_apply"):
+                    ir, _ = sf.read(reverb.parameters["ir_file_path"], dtype="float32")
+                    rt60 = float(pra.experimental.measure_rt60(ir, fs=sr))
+                meta = {"source_id": row.id, "offset": offset, "rt60": rt60}
+                sink.write({"__key__": f"{row.id}_{j:04d}", "clean.flac": flac(x), "degraded.flac": flac(y),
+                            "json": json.dumps(meta).encode()})
+                samples += 1
+    wall = time.perf_counter() - start
+    audio_s = samples * segment_s
+    return {"workers": 1, "samples": samples, "audio_hours": round(audio_s / 3600, 4), "wall_s": round(wall, 2),
+            "x_realtime_per_core": round(audio_s / wall, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0, help="demo speech to synthesise (default 10)")
+    p.add_argument("--noise-minutes", type=float, default=2.0)
+    p.add_argument("--rirs", type=int, default=20)
+    p.add_argument("--samples-per-shard", type=int, default=8,
+                   help="small shards keep both workers busy to the end on a small corpus (default 8)")
+    p.add_argument("--workdir", type=Path, default=REPO / "out" / "bench-synth")
+    p.add_argument("--json", type=Path, help="also write the JSON here")
+    p.add_argument("--skip-baseline", action="store_true")
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    inputs = make_inputs(args.workdir, args.minutes, args.noise_minutes, args.rirs)
+    runs = [bench_hires(inputs, args.workdir, w, args.samples_per_shard) for w in (1, 2)]
+    result = {
+        "benchmark": "synth_throughput",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "corpus_minutes": args.minutes,
+        "hires": runs,
+        "scaling_1_to_2": round(runs[1]["x_realtime"] / runs[0]["x_realtime"], 2),
+        "targets": {"x_realtime_per_core": 150, "scaling_1_to_2": 1.8},
+    }
+    if not args.skip_baseline:
+        base = bench_baseline(inputs, args.workdir)
+        result["baseline_audiomentations_pyroomacoustics_webdataset"] = base
+        result["hires_1w_over_baseline_per_core"] = round(runs[0]["x_realtime_per_core"] / base["x_realtime_per_core"],
+                                                          2)
+    result["meets_targets"] = (min(r["x_realtime_per_core"] for r in runs) >= 150
+                               and result["scaling_1_to_2"] >= 1.8)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

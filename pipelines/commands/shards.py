@@ -1,0 +1,59 @@
+"""``hires shards verify|inspect``: integrity check of a synthesis run and a look at one sample."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    shards = sub.add_parser("shards", help="verify synthesised shards or inspect one sample")
+    shards.set_defaults(_parser=shards)
+    ssub = shards.add_subparsers(dest="shards_command", metavar="COMMAND")
+
+    verify = ssub.add_parser(
+        "verify", help="check sha256s, counts, decoding and lengths against index.json",
+        description="Check every shard listed in DIR/index.json: bytes and sha256, sample count, member names "
+        "and order, every FLAC decodes at the indexed rate with clean/degraded of the segment length, every JSON "
+        "names its key; no unlisted tar; plan and shards hold the same keys. Exit 1 when anything is wrong.")
+    verify.add_argument("dir", help="synthesis output directory or s3:// prefix")
+    verify.add_argument("--workers", type=int, default=4, help="shards checked in parallel (default 4)")
+    verify.set_defaults(func=run_verify)
+
+    inspect = ssub.add_parser(
+        "inspect", help="print one sample's metadata; optionally write its audio and spectrograms",
+        description="Print the JSON metadata of sample KEY. With --out, also write KEY.clean.wav, "
+        "KEY.degraded.wav and KEY.png (spectrograms of both) into that folder.")
+    inspect.add_argument("dir", help="synthesis output directory or s3:// prefix")
+    inspect.add_argument("--key", required=True, help="sample key, {utterance id}_{segment:04d}")
+    inspect.add_argument("--out", help="folder for the wav files and the spectrogram PNG")
+    inspect.set_defaults(func=run_inspect)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipelines.shards import read_index, verify_shards
+
+    total = len(read_index(args.dir)["shards"])
+    with tqdm(total=total, unit="shard", disable=args.quiet, desc="verify") as bar:
+        report = verify_shards(args.dir, workers=args.workers, on_shard=lambda _: bar.update(1))
+    for problem in report.problems:
+        print(problem)
+    status = "OK" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+    print(f"{args.dir}: {report.shards} shards, {report.samples} samples: {status}")
+    return 0 if report.ok else 1
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from pipelines.shards import find_sample, write_inspection
+
+    try:
+        sample = find_sample(args.dir, args.key)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    print(json.dumps({"shard": sample.shard, **sample.meta}, indent=2, sort_keys=True))
+    if args.out:
+        for path in write_inspection(sample, args.out):
+            print(f"wrote {path}")
+    return 0
