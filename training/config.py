@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import create_model
+from pydantic import SerializeAsAny, field_validator
 
 from datasets.config import CONFIG_ROOT, ConfigError, StrictModel, load_config, read_yaml
 from training.features import MelConfig, StftConfig
@@ -31,11 +31,25 @@ class FeaturesConfig(StrictModel):
 
 
 class StageConfig(StrictModel):
-    """One training stage. ``model`` is narrowed to the named network's config by :func:`load_stage_config`."""
+    """One training stage: ``model`` is validated by the config model of the network its ``name`` picks."""
 
     stage: str
-    model: NetworkConfig
+    model: SerializeAsAny[NetworkConfig]
     features: FeaturesConfig = FeaturesConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _network_config(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            if "name" not in value:
+                raise ValueError(f"missing 'name' (registered networks: {', '.join(registry.names())})")
+            if value["name"] not in registry.names():
+                raise ValueError(
+                    f"unknown network {value['name']!r}; registered: {', '.join(registry.names())}"
+                )
+            # nested ValidationError: pydantic reports its fields as model.<field>
+            return registry.config_class(str(value["name"])).model_validate(value)
+        return value
 
 
 def resolve_stage_config_path(stage: str, path_or_name: str | Path) -> Path:
@@ -55,13 +69,6 @@ def resolve_stage_config_path(stage: str, path_or_name: str | Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     return path
-
-
-def stage_config_model(network: str) -> type[StageConfig]:
-    """:class:`StageConfig` with ``model`` typed as the config of ``network`` (for exact validation errors)."""
-    return create_model(  # type: ignore[call-overload,no-any-return]
-        f"StageConfig[{network}]", __base__=StageConfig, model=(registry.config_class(network), ...)
-    )
 
 
 def load_stage_config(
@@ -92,7 +99,7 @@ def load_stage_config(
         raise ConfigError(
             f"{path}: invalid config: stage: file is for {data['stage']!r}, loaded as {stage!r}"
         )
-    cfg = load_config(stage_config_model(network), path, all_overrides)
+    cfg = load_config(StageConfig, path, all_overrides)
     needed = STAGE_FEATURES[stage]
     if getattr(cfg.features, needed) is None:
         raise ConfigError(f"{path}: invalid config: features.{needed}: required for stage {stage}")

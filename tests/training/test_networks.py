@@ -1,0 +1,184 @@
+"""Network contracts: shapes for odd sizes, paper parameter counts (meta device), alignment, bf16 autocast."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from training_helpers import count
+
+from training.features import ComplexSTFT, LogMel
+from training.models import build, build_discriminator
+from training.models.ncsnpp import NCSNppConfig, NCSNppM
+from training.models.vae import DiagonalGaussian
+
+
+def meta_count(cfg) -> int:
+    with torch.device("meta"):
+        return count(build(cfg))
+
+
+# --- parameter counts of the paper configs (meta device: nothing allocated) ---------------------------------
+
+
+def test_ncsnpp_m_matches_storm_layout():
+    # StoRM's 27.8 M is its noise-conditioned score network with 4 input channels; same code, same layout
+    with torch.device("meta"):
+        score = NCSNppM(NCSNppConfig(conditional=True, in_channels=4))
+    assert abs(count(score) - 27.8e6) / 27.8e6 < 0.01
+
+
+def test_paper_recovery_count(paper_configs):
+    # the predictive network drops exactly the noise-conditioning layers (2.76 M) of the 27.8 M score network
+    n = meta_count(paper_configs["recovery"])
+    assert abs(n - 24.98e6) / 24.98e6 < 0.01
+    assert abs(n - 27.8e6) / 27.8e6 < 0.11
+
+
+@pytest.mark.parametrize("stage,expected", [("autoencoder", 223.5e6), ("vocoder", 190.3e6), ("ldm", 166.5e6)])
+def test_paper_counts_are_pinned(paper_configs, stage, expected):
+    # pinned so that an accidental architecture change shows up; update with the reason when it is intended
+    assert abs(meta_count(paper_configs[stage]) - expected) / expected < 0.01
+
+
+@pytest.mark.parametrize("stage", ["recovery", "autoencoder", "vocoder", "ldm"])
+def test_tiny_configs_are_a_few_hundred_k(tiny_configs, stage):
+    assert 100_000 < count(build(tiny_configs[stage])) < 1_000_000
+
+
+# --- shapes and alignment -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("samples", [4096, 4001, 2345])
+@torch.no_grad()
+def test_recovery_shapes_for_odd_lengths(tiny_configs, samples):
+    cfg = tiny_configs["recovery"]
+    net, front = build(cfg).eval(), ComplexSTFT(cfg.features.stft)
+    spec = front(torch.randn(2, samples))
+    out = net(spec)
+    assert out.shape == spec.shape == (2, 2, 256, 1 + samples // 128)
+    assert front.inverse(out, samples).shape == (2, samples)
+
+
+def test_recovery_paper_clip_shape_on_meta(paper_configs):
+    with torch.device("meta"):
+        out = build(paper_configs["recovery"])(torch.empty(1, 2, 256, 641))
+    assert out.shape == (1, 2, 256, 641)
+
+
+@pytest.mark.parametrize("frames,mels", [(37, 64), (40, 256), (9, 21)])
+def test_vae_shapes_for_odd_sizes(tiny_configs, frames, mels):
+    vae = build(tiny_configs["autoencoder"]).eval()
+    mel = torch.randn(2, mels, frames)
+    posterior = vae.encode(mel)
+    assert isinstance(posterior, DiagonalGaussian)
+    assert posterior.mean.shape == (2, 16, math.ceil(mels / 8), math.ceil(frames / 8))
+    assert vae.decode(posterior.mode()).shape == (2, 8 * math.ceil(mels / 8), 8 * math.ceil(frames / 8))
+    recon, _ = vae(mel, sample_posterior=False)
+    assert recon.shape == mel.shape
+    assert posterior.kl().shape == (2,) and bool((posterior.kl() >= 0).all())
+
+
+def test_vae_paper_latent_layout_on_meta(paper_configs):
+    with torch.device("meta"):
+        vae = build(paper_configs["autoencoder"])
+        z = vae.encode(torch.empty(1, 256, 512)).mean
+        assert z.shape == (1, 16, 32, 64)
+        assert vae.decode(z).shape == (1, 256, 512)
+        assert build_discriminator(paper_configs["autoencoder"])(torch.empty(1, 256, 512)).dim() == 4
+
+
+@pytest.mark.parametrize("frames", [1, 7, 16])
+@torch.no_grad()
+def test_vocoder_output_is_frames_times_hop(tiny_configs, frames):
+    cfg = tiny_configs["vocoder"]
+    gen = build(cfg).eval()
+    wave = gen(torch.randn(2, 256, frames))
+    assert wave.shape == (2, frames * 480)
+    assert float(wave.abs().max()) <= 1.0
+    # the mel of the generated waveform has exactly as many frames as the input mel
+    assert LogMel(cfg.features.mel)(wave).shape == (2, 256, frames)
+
+
+def test_vocoder_paper_alignment_on_meta(paper_configs):
+    with torch.device("meta"):
+        assert build(paper_configs["vocoder"])(torch.empty(1, 256, 512)).shape == (1, 512 * 480)
+
+
+def test_vocoder_weight_norm_removal_keeps_outputs(tiny_configs):
+    gen = build(tiny_configs["vocoder"]).eval()
+    mel = torch.randn(1, 256, 5)
+    with torch.no_grad():
+        before = gen(mel)
+        n_before = count(gen)
+        gen.remove_weight_norm()
+        after = gen(mel)
+    assert torch.allclose(before, after, atol=1e-6)
+    assert count(gen) < n_before  # the g/v pairs became single weights
+    assert not any("parametrizations" in name for name, _ in gen.named_parameters())
+
+
+def test_vocoder_discriminators_outputs(tiny_configs):
+    cfg = tiny_configs["vocoder"]
+    disc = build_discriminator(cfg)
+    outs = disc(torch.randn(2, 7 * 480 + 1))  # odd length: period folding pads by reflection
+    assert len(outs) == len(cfg.model.discriminator.periods) + len(cfg.model.discriminator.resolutions)
+    for logits, features in outs:
+        assert logits.shape[0] == 2 and logits.dim() == 2
+        assert len(features) >= 2 and all(f.shape[0] == 2 for f in features)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (5, 9), (32, 21)])
+def test_ldm_shapes_for_odd_latents(tiny_configs, size):
+    net = build(tiny_configs["ldm"]).eval()
+    x = torch.randn(2, 32, *size)
+    assert net(x, torch.tensor([0, 999])).shape == (2, 16, *size)
+
+
+def test_ldm_paper_shape_on_meta(paper_configs):
+    with torch.device("meta"):
+        out = build(paper_configs["ldm"])(torch.empty(1, 32, 32, 64), torch.zeros(1, dtype=torch.long))
+    assert out.shape == (1, 16, 32, 64)
+
+
+def test_networks_reject_wrong_channels(tiny_configs):
+    with pytest.raises(ValueError, match="expects"):
+        build(tiny_configs["recovery"])(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="expects"):
+        build(tiny_configs["vocoder"])(torch.randn(1, 80, 4))
+    with pytest.raises(ValueError, match="expects"):
+        build(tiny_configs["ldm"])(torch.randn(1, 16, 8, 8), torch.zeros(1))
+
+
+# --- bf16 autocast on CPU: forward and backward stay finite ------------------------------------------------
+
+
+def _bf16_outputs(stage, net):
+    if stage == "recovery":
+        return [net(torch.randn(2, 2, 32, 21))]
+    if stage == "autoencoder":
+        recon, posterior = net(torch.randn(2, 64, 21) - 5)
+        return [recon, posterior.kl()]
+    if stage == "vocoder":
+        return [net(torch.randn(2, 256, 3))]
+    return [net(torch.randn(2, 32, 8, 9), torch.tensor([1, 500]))]
+
+
+@pytest.mark.parametrize("stage", ["recovery", "autoencoder", "vocoder", "ldm"])
+def test_no_nan_under_bf16_autocast(tiny_configs, stage):
+    net = build(tiny_configs[stage])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = _bf16_outputs(stage, net)
+        loss = sum(o.float().square().mean() for o in outs)
+    loss.backward()
+    assert all(bool(torch.isfinite(o.float()).all()) for o in outs)
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_ncsnpp_conditional_needs_sigma():
+    net = NCSNppM(NCSNppConfig(nf=8, ch_mult=[1, 2], norm_groups=2, conditional=True))
+    assert net(torch.randn(1, 2, 8, 8), torch.tensor([0.5])).shape == (1, 2, 8, 8)
+    with pytest.raises(ValueError, match="sigma"):
+        net(torch.randn(1, 2, 8, 8))
