@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.fft
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 from scipy.signal import bessel, butter, cheby1, ellip, resample_poly, sosfiltfilt
 
 from datasets.config import StrictModel
@@ -40,17 +40,26 @@ class BandwidthConfig(StrictModel):
     ripple_db: tuple[float, float] = (0.1, 3.0)
     stopband_db: tuple[float, float] = (40.0, 80.0)
 
-    @model_validator(mode="after")
-    def _check(self) -> BandwidthConfig:
-        if not 1 <= self.order[0] <= self.order[1] <= 20:
-            raise ValueError(f"order: need 1 <= low <= high <= 20, got {list(self.order)}")
-        if any(r <= 0 for r in self.rates_hz):
-            raise ValueError(f"rates_hz: rates must be positive, got {self.rates_hz}")
-        if not 0 < self.ripple_db[0] <= self.ripple_db[1]:
-            raise ValueError(f"ripple_db: need 0 < low <= high, got {list(self.ripple_db)}")
-        if not 0 < self.stopband_db[0] <= self.stopband_db[1]:
-            raise ValueError(f"stopband_db: need 0 < low <= high, got {list(self.stopband_db)}")
-        return self
+    @field_validator("order")
+    @classmethod
+    def _order(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 20:
+            raise ValueError(f"need 1 <= low <= high <= 20, got {list(v)}")
+        return v
+
+    @field_validator("rates_hz")
+    @classmethod
+    def _rates(cls, v: list[int]) -> list[int]:
+        if any(r <= 0 for r in v):
+            raise ValueError(f"rates must be positive, got {v}")
+        return v
+
+    @field_validator("ripple_db", "stopband_db")
+    @classmethod
+    def _positive_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"need 0 < low <= high, got {list(v)}")
+        return v
 
 
 @lru_cache(maxsize=256)

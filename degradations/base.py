@@ -16,7 +16,6 @@ the clean target too (loudness gain, early-reverb target, joint peak scaling).
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from datasets.config import StrictModel
+from datasets.manifest import stable_hash  # blake2b-64 of the key: identical in every process and machine
 
 if TYPE_CHECKING:
     from degradations.banks import Banks
@@ -49,14 +49,6 @@ def get_operator(name: str) -> type[Degradation]:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown degradation {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
-
-
-def stable_hash(text: str) -> int:
-    """A 64-bit unsigned hash of ``text`` that is the same in every process and on every machine.
-
-    (Python's ``hash`` of a str is salted per process, so it must never seed anything.)
-    """
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 def sample_rng(seed: int, key: str, *labels: str) -> np.random.Generator:

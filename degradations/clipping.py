@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
@@ -24,12 +24,12 @@ class ClippingConfig(StrictModel):
     modes: list[Mode] = Field(default_factory=lambda: ["hard", "soft"], min_length=1)
     quantile: tuple[float, float] = (0.90, 0.99)
 
-    @model_validator(mode="after")
-    def _check(self) -> ClippingConfig:
-        lo, hi = self.quantile
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"quantile: need 0 < low <= high <= 1, got {[lo, hi]}")
-        return self
+    @field_validator("quantile")
+    @classmethod
+    def _check(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"need 0 < low <= high <= 1, got {list(v)}")
+        return v
 
 
 @register

@@ -7,7 +7,11 @@ Backends, picked per codec by :data:`CODECS`:
   no temp files); the decoder output is shifted by the codec's known delay (Opus's pre-skip is honoured by
   the decoder through the encoder's extradata);
 * ``ffmpeg``: the ``ffmpeg`` binary through ffmpeg-python pipes, only for codecs the wheel lacks (gsm, speex) and
-  only where the binary exists; the delay is estimated by cross-correlation within +-100 ms.
+  only where the binary exists.
+
+Delays are a fixed table (samples at the codec's rate, measured once on click-like test signals with FFmpeg 7/8
+builds and pinned by the tests), not estimated per signal: cross-correlation is unreliable on CELP codecs, whose
+output keeps the envelope but not the waveform of voiced speech.
 
 Signals are resampled to the codec's rate with polyphase filters and back. Inputs peaking above 0.99 are scaled
 down before encoding and back up after, so the codec, not integer conversion, is what distorts.
@@ -32,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
-from scipy.signal import correlate, resample_poly
+from scipy.signal import resample_poly
 
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
@@ -66,7 +70,7 @@ CODECS: dict[str, CodecSpec] = {
         CodecSpec("g722", "pyav", "g722", "g722", 16000, delay=22),
         CodecSpec("g723_1", "pyav", "g723_1", "g723_1", 8000, delay=60),
         CodecSpec("gsm", "ffmpeg", "libgsm", "gsm", 8000, container="gsm"),
-        CodecSpec("speex", "ffmpeg", "libspeex", "libspeex", 16000, container="ogg"),
+        CodecSpec("speex", "ffmpeg", "libspeex", "libspeex", 16000, delay=223, container="ogg"),
     )
 }
 
@@ -242,8 +246,9 @@ def _fast_mp3_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> 
     import fast_mp3_augment
 
     n = len(x)
-    # the encoder needs at least one granule; pad very short inputs and cut back
-    xp = x if n >= 1152 else np.concatenate([x, np.zeros(1152 - n, dtype=np.float32)])
+    # fast-mp3-augment refuses inputs under 100 ms: pad short ones and cut back
+    shortest = spec.sample_rate // 10 + 1152
+    xp = x if n >= shortest else np.concatenate([x, np.zeros(shortest - n, dtype=np.float32)])
     y = fast_mp3_augment.compress_roundtrip(
         np.ascontiguousarray(xp), spec.sample_rate, int(bitrate_kbps), preserve_delay=False, quality=7
     )
@@ -272,17 +277,7 @@ def _ffmpeg_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> np
         .run(input=coded, capture_stdout=True, capture_stderr=True, quiet=True)
     )
     y = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    return _fit(y[_estimate_delay(x, y, int(0.1 * sr)) :], len(x))
-
-
-def _estimate_delay(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
-    m = min(len(x), len(y))
-    if m == 0:
-        return 0
-    c = correlate(y[: m + max_lag].astype(np.float64), x[:m].astype(np.float64), mode="full", method="fft")
-    zero = m - 1
-    window = np.abs(c[zero : zero + max_lag + 1])
-    return int(np.argmax(window)) if window.size else 0
+    return _fit(y[spec.delay :], len(x))
 
 
 _BACKENDS = {"fast_mp3": _fast_mp3_roundtrip, "pyav": _pyav_roundtrip, "ffmpeg": _ffmpeg_roundtrip}

@@ -13,15 +13,10 @@ from typing import Any
 
 import numpy as np
 from audiomentations import HighPassFilter, HighShelfFilter, LowShelfFilter, PeakingFilter
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
-
-
-def _ordered(name: str, pair: tuple[float, float]) -> None:
-    if pair[0] > pair[1]:
-        raise ValueError(f"{name}: lower bound {pair[0]} is above upper bound {pair[1]}")
 
 
 class EqConfig(StrictModel):
@@ -39,29 +34,35 @@ class EqConfig(StrictModel):
     highpass_hz: tuple[float, float] = (50.0, 500.0)
     highpass_rolloff_db: list[int] = Field(default_factory=lambda: [12, 24], min_length=1)
 
-    @model_validator(mode="after")
-    def _check(self) -> EqConfig:
-        for name in (
-            "low_shelf_hz",
-            "high_shelf_hz",
-            "shelf_gain_db",
-            "shelf_q",
-            "peak_hz",
-            "peak_gain_db",
-            "peak_q",
-            "highpass_hz",
-        ):
-            _ordered(name, getattr(self, name))
-        if not 0 <= self.peaks[0] <= self.peaks[1]:
-            raise ValueError(f"peaks: need 0 <= low <= high, got {list(self.peaks)}")
-        if not (0 < self.shelf_q[0] and self.shelf_q[1] <= 1.0):
-            raise ValueError(f"shelf_q: the shelf filters need 0 < q <= 1, got {list(self.shelf_q)}")
-        if any(r <= 0 or r % 12 for r in self.highpass_rolloff_db):
-            raise ValueError(
-                f"highpass_rolloff_db: zero-phase roll-offs are multiples of 12, got "
-                f"{self.highpass_rolloff_db}"
-            )
-        return self
+    @field_validator(
+        "low_shelf_hz", "high_shelf_hz", "shelf_gain_db", "peak_hz", "peak_gain_db", "peak_q", "highpass_hz"
+    )
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"lower bound {v[0]} is above upper bound {v[1]}")
+        return v
+
+    @field_validator("shelf_q")
+    @classmethod
+    def _shelf_q(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"the shelf filters need 0 < low <= high <= 1, got {list(v)}")
+        return v
+
+    @field_validator("peaks")
+    @classmethod
+    def _peaks(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= v[0] <= v[1]:
+            raise ValueError(f"need 0 <= low <= high, got {list(v)}")
+        return v
+
+    @field_validator("highpass_rolloff_db")
+    @classmethod
+    def _rolloff(cls, v: list[int]) -> list[int]:
+        if any(r <= 0 or r % 12 for r in v):
+            raise ValueError(f"zero-phase roll-offs are positive multiples of 12 dB/octave, got {v}")
+        return v
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:

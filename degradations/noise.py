@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
@@ -26,11 +26,12 @@ class NoiseConfig(StrictModel):
     snr_db: tuple[float, float] = (-5.0, 20.0)
     reference_level_db: float = -26.0
 
-    @model_validator(mode="after")
-    def _ordered(self) -> NoiseConfig:
-        if self.snr_db[0] > self.snr_db[1]:
-            raise ValueError(f"snr_db: lower bound {self.snr_db[0]} is above upper bound {self.snr_db[1]}")
-        return self
+    @field_validator("snr_db")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"lower bound {v[0]} is above upper bound {v[1]}")
+        return v
 
 
 def noise_excerpt(noise: np.ndarray, n: int, offset_fraction: float) -> tuple[np.ndarray, int]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
@@ -25,12 +25,26 @@ class PacketLossConfig(StrictModel):
     mean_burst: tuple[float, float] = (1.0, 3.0)
     max_burst: int = Field(10, ge=1)
 
+    @field_validator("loss_rate")
+    @classmethod
+    def _rate(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] <= v[1] < 1.0:
+            raise ValueError(f"need 0 <= low <= high < 1, got {list(v)}")
+        return v
+
+    @field_validator("mean_burst")
+    @classmethod
+    def _burst(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 1.0 <= v[0] <= v[1]:
+            raise ValueError(f"need 1 <= low <= high, got {list(v)}")
+        return v
+
     @model_validator(mode="after")
-    def _check(self) -> PacketLossConfig:
-        if not 0.0 <= self.loss_rate[0] <= self.loss_rate[1] < 1.0:
-            raise ValueError(f"loss_rate: need 0 <= low <= high < 1, got {list(self.loss_rate)}")
-        if not 1.0 <= self.mean_burst[0] <= self.mean_burst[1] <= self.max_burst:
-            raise ValueError(f"mean_burst: need 1 <= low <= high <= max_burst, got {list(self.mean_burst)}")
+    def _burst_cap(self) -> PacketLossConfig:
+        if self.mean_burst[1] > self.max_burst:
+            raise ValueError(
+                f"mean_burst: upper bound {self.mean_burst[1]} exceeds max_burst {self.max_burst}"
+            )
         return self
 
 

@@ -1,8 +1,8 @@
 """Reverberation: convolution with a room impulse response from the RIR bank.
 
-The RIR is normalised so that its direct path (its largest sample) has unit amplitude and the convolution output
-is shifted by the direct-path delay, so the degraded signal stays sample-aligned with the (dry) target and the
-direct sound keeps the target's level. With ``early_target`` the target becomes the speech convolved with the
+The RIR is truncated, normalised to unit energy (so reverberant speech keeps roughly the dry level whatever the
+room, and the final joint peak scaling does not have to crush the target) and the convolution output is shifted
+by the direct-path delay (the RIR's largest sample), so the degraded signal stays sample-aligned with the target. With ``early_target`` the target becomes the speech convolved with the
 first ``early_ms`` after the direct path (a common "early reverberation is speech" target). RIRs are truncated
 to ``max_rir_s`` after the direct path: beyond a second a speech RIR is ~60 dB down and only costs FFT size.
 Convolution is FFT-based (scipy.signal.oaconvolve, float32), deterministic.
@@ -46,14 +46,15 @@ def direct_to_reverberant_db(h: np.ndarray, sr: int, window_ms: float = 2.5) -> 
 
 
 def prepare_rir(h: np.ndarray, sr: int, max_rir_s: float) -> tuple[np.ndarray, int]:
-    """Normalise to a unit direct path and truncate; returns (rir, direct-path index)."""
+    """Truncate ``max_rir_s`` after the direct path and normalise to unit energy; returns (rir, direct index)."""
     h = np.asarray(h, dtype=np.float32)
     d = direct_path_index(h)
-    peak = float(abs(h[d]))
-    if peak == 0.0:
-        raise ValueError("reverb: the RIR is all zeros")
     end = d + max(1, int(round(max_rir_s * sr)))
-    return (h[:end] / np.float32(peak)).astype(np.float32), d
+    h = h[:end]
+    norm = float(np.sqrt(np.sum(np.square(h, dtype=np.float64))))
+    if norm == 0.0:
+        raise ValueError("reverb: the RIR is all zeros")
+    return (h / np.float32(norm)).astype(np.float32), d
 
 
 def convolve_aligned(x: np.ndarray, h: np.ndarray, delay: int) -> np.ndarray:
