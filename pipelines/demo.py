@@ -92,8 +92,13 @@ def run_demo(out: str | Path, cfg: DemoConfig, num_cpus: int | None = None, prog
 
     synth_cfg = load_synth_config(CONFIG_ROOT / cfg.synth.config,
                                   {"shards.samples_per_shard": cfg.synth.samples_per_shard})
-    summary = run_synth(str(clean), str(noise), str(rir), str(out / "shards"), synth_cfg, seed=cfg.seed,
-                        num_cpus=num_cpus, progress=progress)
+    args = (str(clean), str(noise), str(rir), str(out / "shards"), synth_cfg)
+    try:
+        summary = run_synth(*args, seed=cfg.seed, num_cpus=num_cpus, progress=progress)
+    except FileExistsError as e:
+        # the demo folder is disposable: after a code or config change, render it anew instead of failing
+        log.warning("%s; rendering the demo shards again", str(e).split(";")[0])
+        summary = run_synth(*args, seed=cfg.seed, num_cpus=num_cpus, progress=progress, force=True)
     result.steps["synth"] = {"path": str(out / "shards" / "index.json"), "shards": summary.shards,
                              "samples": summary.samples, "hours": round(summary.hours, 4),
                              "x_realtime_per_core": round(summary.x_realtime_per_core, 1)}
