@@ -77,23 +77,27 @@ def lowpass_sos(family: str, order: int, cutoff_hz: float, sr: int, ripple_db: f
     raise ValueError(f"bandwidth: no IIR design for family {family!r}")
 
 
+@lru_cache(maxsize=64)
 def reconstruction_mask(n: int, sr: int, cutoff_hz: float) -> np.ndarray:
-    """rfft-domain gain: 1 below ``(1-EDGE)*cutoff``, raised-cosine edge, 0 from ``cutoff`` up."""
+    """rfft-domain gain: 1 below ``(1-EDGE)*cutoff``, raised-cosine edge, 0 from ``cutoff`` up (read-only)."""
     f = np.arange(n // 2 + 1) * (sr / n)
     lo = cutoff_hz * (1.0 - EDGE_FRACTION)
     mask = np.ones_like(f)
     edge = (f > lo) & (f < cutoff_hz)
     mask[edge] = 0.5 * (1.0 + np.cos(np.pi * (f[edge] - lo) / (cutoff_hz - lo)))
     mask[f >= cutoff_hz] = 0.0
+    mask = mask.astype(np.float32)
+    mask.setflags(write=False)
     return mask
 
 
 def band_limit(x: np.ndarray, sr: int, cutoff_hz: float) -> np.ndarray:
     """Remove everything above ``cutoff_hz`` (ideal reconstruction at the lower rate)."""
     n = len(x)
-    spec = scipy.fft.rfft(x.astype(np.float64))
-    spec *= reconstruction_mask(n, sr, cutoff_hz)
-    return scipy.fft.irfft(spec, n=n).astype(np.float32)
+    # single precision: twice as fast, and the result is stored as float32 anyway
+    spec = scipy.fft.rfft(np.asarray(x, dtype=np.float32))
+    spec *= reconstruction_mask(n, sr, float(cutoff_hz))
+    return np.asarray(scipy.fft.irfft(spec, n=n), dtype=np.float32)
 
 
 @register
