@@ -3,12 +3,16 @@
 ``family`` picks how the band edge looks:
 
 * ``poly``: polyphase resampling (scipy.signal.resample_poly, Kaiser-windowed sinc) down to ``rate_hz`` and back;
-* ``butter`` / ``cheby1`` / ``ellip`` / ``bessel``: an IIR low-pass of ``order`` 2-10 at the new Nyquist
-  frequency, run forward and backward (zero phase, so the output stays aligned; the magnitude is squared).
+* ``butter`` / ``cheby1`` / ``ellip`` / ``bessel``: an IIR anti-aliasing low-pass of ``order`` 2-10 at the new
+  Nyquist frequency, run forward and backward (zero phase, so the output stays aligned; the magnitude is
+  squared), then sampling at ``rate_hz``, computed in the frequency domain: whatever the filter leaves above the
+  new Nyquist frequency folds back into the band (``X(f + m*rate)`` and ``conj X(m*rate - f)`` add onto
+  ``X(f)``), so gentle families (low-order Bessel) alias audibly and steep ones (elliptic) hardly at all.
 
 In both cases the return to the original rate is modelled by an ideal reconstruction filter (an FFT mask that
 removes everything above the new Nyquist frequency, with a short raised-cosine edge against ringing): what the
-lower rate cannot carry is gone, as after a real round trip, whatever the family's stop-band attenuation.
+lower rate cannot carry is gone, as after a real round trip. Fold positions are rounded to whole FFT bins,
+exact when ``len(x) * rate_hz / sr`` is an integer (any multiple of 10 ms at the default rates).
 """
 
 from __future__ import annotations
@@ -91,13 +95,39 @@ def reconstruction_mask(n: int, sr: int, cutoff_hz: float) -> np.ndarray:
     return mask
 
 
-def band_limit(x: np.ndarray, sr: int, cutoff_hz: float) -> np.ndarray:
-    """Remove everything above ``cutoff_hz`` (ideal reconstruction at the lower rate)."""
+def band_limit(x: np.ndarray, sr: int, cutoff_hz: float, alias_rate_hz: int | None = None) -> np.ndarray:
+    """Remove everything above ``cutoff_hz`` (ideal reconstruction at the lower rate).
+
+    With ``alias_rate_hz``, first fold the spectrum as sampling at that rate would (see the module docstring).
+    """
     n = len(x)
     # single precision: twice as fast, and the result is stored as float32 anyway
     spec = scipy.fft.rfft(np.asarray(x, dtype=np.float32))
+    if alias_rate_hz is not None:
+        spec = _fold(spec, n, sr, alias_rate_hz)
     spec *= reconstruction_mask(n, sr, float(cutoff_hz))
     return np.asarray(scipy.fft.irfft(spec, n=n), dtype=np.float32)
+
+
+def _fold(spec: np.ndarray, n: int, sr: int, rate: int) -> np.ndarray:
+    """Baseband spectrum after sampling at ``rate``: images above ``rate / 2`` added onto ``[0, rate / 2]``."""
+    top = len(spec) - 1  # highest rfft bin
+    period = rate * n / sr  # the new sampling rate in bins
+    band = int(np.floor(period / 2)) + 1  # bins 0 .. rate/2
+    out = spec.copy()
+    k = np.arange(band)
+    m = 1
+    while round(m * period) - band < top:
+        shift = int(round(m * period))
+        up = k + shift  # X(f + m*rate)
+        ok = up <= top
+        out[k[ok]] += spec[up[ok]]
+        down = shift - k  # conj X(m*rate - f), above rate/2 only (the band itself is not folded twice)
+        # for even n the top bin is the single Nyquist component, already reached through an `up` term
+        ok = (down < top if n % 2 == 0 else down <= top) & (down >= band)
+        out[k[ok]] += np.conj(spec[down[ok]])
+        m += 1
+    return out
 
 
 @register
@@ -148,6 +178,9 @@ class Bandwidth(Degradation):
             )
             padlen = min(3 * (2 * len(sos) + 1), len(x) - 1)
             y = sosfiltfilt(sos, x, padlen=padlen)
+            return Applied(
+                band_limit(np.asarray(y, dtype=np.float32), sr, cutoff, alias_rate_hz=rate), report
+            )
         return Applied(band_limit(np.asarray(y, dtype=np.float32), sr, cutoff), report)
 
 

@@ -34,16 +34,36 @@ class NoiseConfig(StrictModel):
         return v
 
 
+LOOP_CROSSFADE = 480  # samples (10 ms at 48 kHz) blended at the seam of a looped noise
+
+
+def seamless_loop(noise: np.ndarray, crossfade: int = LOOP_CROSSFADE) -> np.ndarray:
+    """One period of ``noise`` whose end runs into its start without a click (linear cross-fade of the seam)."""
+    c = min(crossfade, len(noise) // 4)
+    if c < 2:
+        return noise
+    period = np.array(noise[: len(noise) - c], dtype=np.float32)
+    fade = np.linspace(0.0, 1.0, c, endpoint=False, dtype=np.float32)
+    period[:c] = noise[:c] * fade + noise[len(noise) - c :] * (1.0 - fade)
+    return period
+
+
 def noise_excerpt(noise: np.ndarray, n: int, offset_fraction: float) -> tuple[np.ndarray, int]:
-    """``n`` samples of ``noise`` from an offset chosen by ``offset_fraction`` in [0, 1); loops short noise."""
+    """``n`` samples of ``noise`` from an offset chosen by ``offset_fraction`` in [0, 1).
+
+    A noise at least ``n`` long is cut at ``offset_fraction`` of the room it leaves; a shorter one is looped
+    seamlessly (:func:`seamless_loop`) from ``offset_fraction`` of its period.
+    """
     m = len(noise)
     if m == 0:
         raise ValueError("noise: the noise file has no samples")
     if m >= n:
         offset = min(int(offset_fraction * (m - n + 1)), m - n)
         return noise[offset : offset + n], offset
-    offset = min(int(offset_fraction * m), m - 1)
-    return np.take(noise, (offset + np.arange(n)) % m), offset
+    period = seamless_loop(noise)
+    p = len(period)
+    offset = min(int(offset_fraction * p), p - 1)
+    return np.take(period, (offset + np.arange(n)) % p), offset
 
 
 def snr_on_active_speech(speech: np.ndarray, noise: np.ndarray, sr: int) -> float | None:

@@ -127,3 +127,30 @@ def test_eq_sample_never_empty():
     for i in range(50):
         p = op.sample(sample_rng(0, f"k{i}", "eq"), {})
         assert p["low_shelf"] or p["high_shelf"] or p["peaks"] or p["highpass"]
+
+
+@pytest.mark.parametrize("factor", [2, 3, 6])
+def test_iir_families_alias_like_true_decimation(sr, factor):
+    """Sampling at the lower rate is computed by spectral folding; for integer ratios it equals x[::factor]."""
+    from degradations.bandwidth import band_limit, reconstruction_mask
+
+    x = np.random.default_rng(2).standard_normal(sr).astype(np.float32)
+    rate = sr // factor
+    dec = np.fft.rfft(x[::factor].astype(np.float64)) * factor
+    spec = np.zeros(len(x) // 2 + 1, complex)
+    spec[: len(dec)] = dec
+    reference = np.fft.irfft(spec * reconstruction_mask(len(x), sr, rate / 2), len(x))
+    np.testing.assert_allclose(band_limit(x, sr, rate / 2, alias_rate_hz=rate), reference, atol=1e-4)
+
+
+def test_gentle_filters_alias_a_tone_into_the_band(sr):
+    t = np.arange(sr) / sr
+    tone = (0.5 * np.sin(2 * np.pi * 5000 * t)).astype(np.float32)  # 1 kHz above the new Nyquist of 4 kHz
+    op = CFG.operator("bandwidth")
+    bessel = op.apply(tone, sr, {"rate_hz": 8000, "family": "bessel", "order": 2})
+    ellip = op.apply(
+        tone, sr, {"rate_hz": 8000, "family": "ellip", "order": 8, "ripple_db": 0.5, "stopband_db": 80.0}
+    )
+    spectrum = np.abs(np.fft.rfft(bessel))
+    assert np.argmax(spectrum) * sr / len(tone) == pytest.approx(3000, abs=2)  # 8000 - 5000
+    assert np.std(bessel) > 100 * np.std(ellip)

@@ -48,34 +48,30 @@ def test_noise_excerpt_offsets_and_loops():
     assert off == 6 and seg.tolist() == [6, 7, 8, 9]
     seg, off = noise_excerpt(noise, 4, 0.0)
     assert off == 0 and seg.tolist() == [0, 1, 2, 3]
-    seg, off = noise_excerpt(noise, 25, 0.5)
-    assert off == 5 and seg.tolist() == [
-        5,
-        6,
-        7,
-        8,
-        9,
-        0,
-        1,
-        2,
-        3,
-        4,
-        5,
-        6,
-        7,
-        8,
-        9,
-        0,
-        1,
-        2,
-        3,
-        4,
-        5,
-        6,
-        7,
-        8,
-        9,
-    ]
+    seg, off = noise_excerpt(noise, 25, 0.5)  # looped: the 10-sample noise has a 2-sample cross-faded seam
+    period = [
+        8.0,
+        5.0,
+        2.0,
+        3.0,
+        4.0,
+        5.0,
+        6.0,
+        7.0,
+    ]  # [0, 1] blended with [8, 9]: 0*0 + 8*1, then 1*.5 + 9*.5
+    assert off == 4 and seg.tolist() == [period[(4 + i) % 8] for i in range(25)]
+
+
+def test_looped_noise_has_no_click_at_the_seam():
+    from degradations.noise import seamless_loop
+
+    rng = np.random.default_rng(3)
+    noise = np.cumsum(rng.standard_normal(4800)).astype(np.float32)  # brown noise: a raw seam would jump
+    period = seamless_loop(noise)
+    looped = np.concatenate([period, period])
+    step_at_seam = abs(looped[len(period)] - looped[len(period) - 1])
+    assert step_at_seam < 5 * np.std(np.diff(noise))
+    assert abs(noise[-1] - noise[0]) > 10 * np.std(np.diff(noise))  # the raw seam does click
 
 
 def test_noise_on_silent_input_uses_the_reference_level(sr, memory_banks):
