@@ -4,7 +4,7 @@ A :class:`Banks` holds only small tables (id -> path, frames, rt60 ...) and is c
 receive it; decoded audio lives in a per-process LRU cache bounded in bytes (shared by every ``Banks`` object in
 the process), so each worker decodes a bank file once however many samples use it. Audio is returned as float32
 mono at the bank sample rate (noise files are downmixed; RIRs keep their first channel, since averaging
-microphones would smear the direct path).
+microphones would smear the direct path). The cache holds 384 MB by default; ``HIRES_BANK_CACHE_MB`` overrides it.
 
 :meth:`Banks.catalog` is what :func:`degradations.plan` sees: ids sorted, frames and RIR acoustics, no paths, so a
 plan does not depend on where the files live or in which order a manifest lists them.
@@ -13,6 +13,7 @@ plan does not depend on where the files live or in which order a manifest lists 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_CACHE_BYTES = 384 * 1024 * 1024
+CACHE_ENV = "HIRES_BANK_CACHE_MB"  # per-process cache size override, e.g. set through a Ray runtime_env
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,18 @@ class _ByteLRU:
             self.nbytes = 0
 
 
-_CACHE = _ByteLRU(DEFAULT_CACHE_BYTES)
+def _cache_limit() -> int:
+    value = os.environ.get(CACHE_ENV)
+    if not value:
+        return DEFAULT_CACHE_BYTES
+    try:
+        mb = float(value)
+    except ValueError:
+        raise ValueError(f"{CACHE_ENV}={value!r}: expected a number of megabytes") from None
+    return int(mb * 1024 * 1024)
+
+
+_CACHE = _ByteLRU(_cache_limit())
 
 
 def audio_cache() -> _ByteLRU:

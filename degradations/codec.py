@@ -6,8 +6,8 @@ Backends, picked per codec by :data:`CODECS`:
 * ``pyav``: the FFmpeg libraries bundled in the PyAV wheel, driven through bare codec contexts (no container,
   no temp files); the decoder output is shifted by the codec's known delay (Opus's pre-skip is honoured by
   the decoder through the encoder's extradata);
-* ``ffmpeg``: the ``ffmpeg`` binary through ffmpeg-python pipes, only for codecs the wheel lacks (gsm, speex) and
-  only where the binary exists.
+* ``ffmpeg``: the ``ffmpeg`` binary through ffmpeg-python pipes, only for codecs the wheel lacks (gsm, speex,
+  libvorbis) and only where the binary exists.
 
 Delays are a fixed table (samples at the codec's rate, measured once on click-like test signals with FFmpeg 7/8
 builds and pinned by the tests), not estimated per signal: cross-correlation is unreliable on CELP codecs, whose
@@ -20,12 +20,12 @@ Availability: :func:`available_codecs` probes the backends once per process. Pla
 is the same on every machine); rendering a codec this process cannot run raises :class:`CodecUnavailableError`
 naming it. :func:`check_codecs` lets a job fail fast before rendering anything. The shipped default list holds only
 codecs the PyAV wheel (and fast-mp3-augment) provide. FFmpeg's native Vorbis encoder in the wheel is experimental,
-stereo only and ignores the bit rate, so Vorbis is not offered.
+stereo only and ignores the bit rate, so Vorbis runs through the ffmpeg binary's libvorbis and is not in the
+default list (add ``{name: vorbis, bitrates_kbps: [...]}`` where every worker has ffmpeg with libvorbis).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import Field, field_validator
 from scipy.signal import resample_poly
 
+from datasets.audio import ffmpeg_available
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
 
@@ -71,6 +72,7 @@ CODECS: dict[str, CodecSpec] = {
         CodecSpec("g723_1", "pyav", "g723_1", "g723_1", 8000, delay=60),
         CodecSpec("gsm", "ffmpeg", "libgsm", "gsm", 8000, container="gsm"),
         CodecSpec("speex", "ffmpeg", "libspeex", "libspeex", 16000, delay=223, container="ogg"),
+        CodecSpec("vorbis", "ffmpeg", "libvorbis", "libvorbis", 48000, container="ogg"),
     )
 }
 
@@ -119,7 +121,7 @@ class CodecConfig(StrictModel):
 
 @lru_cache(maxsize=1)
 def _ffmpeg_encoders() -> frozenset[str]:
-    if shutil.which("ffmpeg") is None:
+    if not ffmpeg_available():
         return frozenset()
     out = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=False)
     names = set()

@@ -45,6 +45,28 @@ def direct_to_reverberant_db(h: np.ndarray, sr: int, window_ms: float = 2.5) -> 
     return 10.0 * np.log10(direct / late)
 
 
+def estimate_rt60(h: np.ndarray, sr: int) -> float | None:
+    """RT60 from the Schroeder energy decay curve: T20 (line through -5 .. -25 dB) extrapolated to 60 dB.
+
+    None when the RIR does not decay by 25 dB after its direct path (too short or too noisy to tell).
+    """
+    e = np.square(np.asarray(h, dtype=np.float64)[direct_path_index(h) :])
+    edc = np.cumsum(e[::-1])[::-1]
+    if edc[0] <= 0.0:
+        return None
+    with np.errstate(divide="ignore"):
+        edc_db = 10.0 * np.log10(edc / edc[0])
+    fit = np.nonzero((edc_db <= -5.0) & (edc_db >= -25.0))[0]
+    if fit.size < 2 or edc_db[-1] > -25.0:
+        return None
+    t = fit / sr
+    y = edc_db[fit]
+    # closed-form least squares (numpy sums, not LAPACK: the result must not depend on BLAS threading)
+    tm, ym = t.mean(), y.mean()
+    slope = float(np.sum((t - tm) * (y - ym)) / np.sum((t - tm) ** 2))
+    return -60.0 / slope if slope < 0 else None
+
+
 def prepare_rir(h: np.ndarray, sr: int, max_rir_s: float) -> tuple[np.ndarray, int]:
     """Truncate ``max_rir_s`` after the direct path and normalise to unit energy; returns (rir, direct index)."""
     h = np.asarray(h, dtype=np.float32)
@@ -74,6 +96,7 @@ class Reverb(Degradation):
 
     name = "reverb"
     Config = ReverbConfig
+    # rt60 / drr / c50 come from the RIR manifest; rt60 and drr are measured on the RIR where it has none
     report_keys = ("rir_id", "rt60", "drr", "c50", "early_target")
 
     def available(self, ctx: Mapping[str, Any]) -> bool:
@@ -101,9 +124,10 @@ class Reverb(Degradation):
         h, d = prepare_rir(raw, sr, float(params["max_rir_s"]))
         meta = banks.entry("rir", rid).meta
         drr = meta.get("drr")
+        rt60 = meta.get("rt60")
         report = {
             "rir_id": rid,
-            "rt60": meta.get("rt60"),
+            "rt60": rt60 if rt60 is not None else estimate_rt60(raw, sr),
             "drr": drr if drr is not None else direct_to_reverberant_db(raw, sr),
             "c50": meta.get("c50"),
             "early_target": bool(params.get("early_target", False)),

@@ -126,7 +126,18 @@ def test_reverb_from_files_resampled_rir(speech, file_banks, sr):
         file_banks,
     )
     assert np.argmax(np.abs(y)) == 5000
-    assert out.report["drr"] is not None  # computed from the RIR when the manifest has none
+    assert out.report["drr"] is not None
+
+
+@pytest.mark.parametrize("rt60", [0.3, 0.6, 1.0])
+def test_rt60_estimate_from_the_rir(sr, rt60):
+    from degradations.reverb import estimate_rt60
+    from degradations.synthetic import synthetic_rir
+
+    assert estimate_rt60(synthetic_rir(rt60, sr, seed=1), sr) == pytest.approx(rt60, rel=0.15)
+    assert (
+        estimate_rt60(np.array([0.0, 1.0, 0.5], np.float32), sr) is None
+    )  # computed from the RIR when the manifest has none
 
 
 def test_loudness_normalises_to_target(speech, sr):
