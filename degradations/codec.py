@@ -35,7 +35,7 @@ from math import gcd
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from scipy.signal import resample_poly
 
 from datasets.audio import ffmpeg_available
@@ -57,20 +57,38 @@ class CodecSpec:
     delay: int = 0
     options: dict[str, str] = field(default_factory=dict)
     container: str | None = None  # ffmpeg backend only
+    bitrates_kbps: frozenset[float] | None = None  # the only rates the encoder accepts (None: any)
 
 
 CODECS: dict[str, CodecSpec] = {
     spec.name: spec
     for spec in (
-        CodecSpec("mp3", "fast_mp3", "libmp3lame", "mp3", 48000),
+        CodecSpec(
+            "mp3",
+            "fast_mp3",
+            "libmp3lame",
+            "mp3",
+            48000,
+            bitrates_kbps=frozenset(
+                (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 192, 224, 256, 320)
+            ),
+        ),
         CodecSpec("opus", "pyav", "libopus", "libopus", 48000),
         CodecSpec("aac", "pyav", "aac", "aac", 48000, delay=1024, options={"aac_coder": "fast"}),
-        CodecSpec("amr_nb", "pyav", "libopencore_amrnb", "amrnb", 8000, delay=40),
-        CodecSpec("g711_alaw", "pyav", "pcm_alaw", "pcm_alaw", 8000),
-        CodecSpec("g711_ulaw", "pyav", "pcm_mulaw", "pcm_mulaw", 8000),
-        CodecSpec("g722", "pyav", "g722", "g722", 16000, delay=22),
-        CodecSpec("g723_1", "pyav", "g723_1", "g723_1", 8000, delay=60),
-        CodecSpec("gsm", "ffmpeg", "libgsm", "gsm", 8000, container="gsm"),
+        CodecSpec(
+            "amr_nb",
+            "pyav",
+            "libopencore_amrnb",
+            "amrnb",
+            8000,
+            delay=40,
+            bitrates_kbps=frozenset((4.75, 5.15, 5.9, 6.7, 7.4, 7.95, 10.2, 12.2)),
+        ),
+        CodecSpec("g711_alaw", "pyav", "pcm_alaw", "pcm_alaw", 8000, bitrates_kbps=frozenset((64,))),
+        CodecSpec("g711_ulaw", "pyav", "pcm_mulaw", "pcm_mulaw", 8000, bitrates_kbps=frozenset((64,))),
+        CodecSpec("g722", "pyav", "g722", "g722", 16000, delay=22, bitrates_kbps=frozenset((64,))),
+        CodecSpec("g723_1", "pyav", "g723_1", "g723_1", 8000, delay=60, bitrates_kbps=frozenset((6.3,))),
+        CodecSpec("gsm", "ffmpeg", "libgsm", "gsm", 8000, container="gsm", bitrates_kbps=frozenset((13,))),
         CodecSpec("speex", "ffmpeg", "libspeex", "libspeex", 16000, delay=223, container="ogg"),
         CodecSpec("vorbis", "ffmpeg", "libvorbis", "libvorbis", 48000, container="ogg"),
     )
@@ -98,6 +116,17 @@ class CodecChoice(StrictModel):
         if any(b <= 0 for b in v):
             raise ValueError(f"bit rates must be positive, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _supported(self) -> CodecChoice:
+        allowed = CODECS[self.name].bitrates_kbps
+        if allowed is not None:
+            bad = [b for b in self.bitrates_kbps if b not in allowed]
+            if bad:
+                raise ValueError(
+                    f"bitrates_kbps: {self.name} does not support {bad}; choose from {sorted(allowed)}"
+                )
+        return self
 
 
 def _default_codecs() -> list[CodecChoice]:

@@ -93,3 +93,10 @@ def test_unknown_codec_in_config_is_a_config_error():
 
     with pytest.raises(ConfigError, match="codec.codecs.0.name"):
         load_config(ChainConfig, overrides={"codec": {"codecs": [{"name": "flac", "bitrates_kbps": [1]}]}})
+
+
+def test_unsupported_bit_rate_is_a_config_error():
+    from datasets.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="mp3 does not support .20"):
+        load_config(ChainConfig, overrides={"codec": {"codecs": [{"name": "mp3", "bitrates_kbps": [20]}]}})
