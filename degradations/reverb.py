@@ -10,6 +10,7 @@ Convolution is FFT-based (scipy.signal.oaconvolve, float32), deterministic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from pydantic import Field
 from scipy.signal import oaconvolve
 
+from datasets.banks import direct_path_index, rir_metrics
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
 
@@ -28,43 +30,10 @@ class ReverbConfig(StrictModel):
     max_rir_s: float = Field(1.0, gt=0.0)
 
 
-def direct_path_index(h: np.ndarray) -> int:
-    """Index of the direct path: the largest absolute sample of the RIR."""
-    return int(np.argmax(np.abs(h)))
-
-
-def direct_to_reverberant_db(h: np.ndarray, sr: int, window_ms: float = 2.5) -> float | None:
-    """DRR: energy within +-``window_ms`` of the direct path over the energy after it, in dB."""
-    d = direct_path_index(h)
-    w = int(round(window_ms * 1e-3 * sr))
-    e = np.square(h.astype(np.float64))
-    direct = float(e[max(0, d - w) : d + w + 1].sum())
-    late = float(e[d + w + 1 :].sum())
-    if direct <= 0.0 or late <= 0.0:
-        return None
-    return 10.0 * np.log10(direct / late)
-
-
-def estimate_rt60(h: np.ndarray, sr: int) -> float | None:
-    """RT60 from the Schroeder energy decay curve: T20 (line through -5 .. -25 dB) extrapolated to 60 dB.
-
-    None when the RIR does not decay by 25 dB after its direct path (too short or too noisy to tell).
-    """
-    e = np.square(np.asarray(h, dtype=np.float64)[direct_path_index(h) :])
-    edc = np.cumsum(e[::-1])[::-1]
-    if edc[0] <= 0.0:
-        return None
-    with np.errstate(divide="ignore"):
-        edc_db = 10.0 * np.log10(edc / edc[0])
-    fit = np.nonzero((edc_db <= -5.0) & (edc_db >= -25.0))[0]
-    if fit.size < 2 or edc_db[-1] > -25.0:
-        return None
-    t = fit / sr
-    y = edc_db[fit]
-    # closed-form least squares (numpy sums, not LAPACK: the result must not depend on BLAS threading)
-    tm, ym = t.mean(), y.mean()
-    slope = float(np.sum((t - tm) * (y - ym)) / np.sum((t - tm) ** 2))
-    return -60.0 / slope if slope < 0 else None
+def rir_report_metrics(h: np.ndarray, sr: int) -> dict[str, float | None]:
+    """RT60 / DRR / C50 measured on the RIR (for banks whose manifest lacks them); NaN becomes None."""
+    metrics = rir_metrics(h, sr)
+    return {k: (float(v) if math.isfinite(v) else None) for k, v in metrics.items()}
 
 
 def prepare_rir(h: np.ndarray, sr: int, max_rir_s: float) -> tuple[np.ndarray, int]:
@@ -96,7 +65,7 @@ class Reverb(Degradation):
 
     name = "reverb"
     Config = ReverbConfig
-    # rt60 / drr / c50 come from the RIR manifest; rt60 and drr are measured on the RIR where it has none
+    # rt60 / drr / c50 come from the RIR manifest, or are measured on the RIR (datasets.banks.rir_metrics)
     report_keys = ("rir_id", "rt60", "drr", "c50", "early_target")
 
     def available(self, ctx: Mapping[str, Any]) -> bool:
@@ -123,15 +92,11 @@ class Reverb(Degradation):
         raw = banks.rir(rid)
         h, d = prepare_rir(raw, sr, float(params["max_rir_s"]))
         meta = banks.entry("rir", rid).meta
-        drr = meta.get("drr")
-        rt60 = meta.get("rt60")
-        report = {
-            "rir_id": rid,
-            "rt60": rt60 if rt60 is not None else estimate_rt60(raw, sr),
-            "drr": drr if drr is not None else direct_to_reverberant_db(raw, sr),
-            "c50": meta.get("c50"),
-            "early_target": bool(params.get("early_target", False)),
-        }
+        report: dict[str, Any] = {"rir_id": rid, **{k: meta.get(k) for k in ("rt60", "drr", "c50")}}
+        if any(report[k] is None for k in ("rt60", "drr", "c50")):
+            measured = rir_report_metrics(raw, sr)
+            report.update({k: measured[k] for k in measured if report.get(k) is None})
+        report["early_target"] = bool(params.get("early_target", False))
         return h, d, report
 
     def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
