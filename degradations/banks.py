@@ -12,6 +12,7 @@ plan does not depend on where the files live or in which order a manifest lists 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -84,6 +85,10 @@ def _cache_limit() -> int:
 
 
 _CACHE = _ByteLRU(_cache_limit())
+_RIR_METRICS: dict[
+    tuple, dict[str, float | None]
+] = {}  # measured once per RIR and process (a few floats each)
+ROOM_KEYS = ("rt60", "drr", "c50")
 
 
 def audio_cache() -> _ByteLRU:
@@ -210,6 +215,32 @@ class Banks:
     def rir(self, bank_id: str) -> np.ndarray:
         """RIR ``bank_id`` as float32 at ``self.sr`` (first channel; read-only, shared through the cache)."""
         return self._audio("rir", bank_id)
+
+    def rir_info(self, bank_id: str) -> dict[str, float | None]:
+        """``rt60`` / ``drr`` / ``c50`` of RIR ``bank_id``: the manifest's values, measured on the RIR where missing.
+
+        Measurements (:func:`datasets.banks.rir_metrics`, NaN -> None) are made once per RIR and process.
+        """
+        entry = self.entry("rir", bank_id)
+        info = {k: entry.meta.get(k) for k in ROOM_KEYS}
+        if any(v is None for v in info.values()):
+            if entry.path is not None:
+                key = ("rir", entry.path, self.sr)
+            else:  # in-memory RIRs have no path: key them by content
+                key = (
+                    "rir",
+                    hashlib.blake2b(self.rir(bank_id).tobytes(), digest_size=16).hexdigest(),
+                    self.sr,
+                )
+            measured = _RIR_METRICS.get(key)
+            if measured is None:
+                from datasets.banks import rir_metrics
+
+                raw = rir_metrics(self.rir(bank_id), self.sr)
+                measured = {k: (float(raw[k]) if math.isfinite(raw[k]) else None) for k in ROOM_KEYS}
+                _RIR_METRICS[key] = measured
+            info = {k: (v if v is not None else measured[k]) for k, v in info.items()}
+        return info
 
     def _audio(self, kind: str, bank_id: str) -> np.ndarray:
         entry = self.entry(kind, bank_id)

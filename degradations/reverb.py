@@ -10,7 +10,6 @@ Convolution is FFT-based (scipy.signal.oaconvolve, float32), deterministic.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 from pydantic import Field
 from scipy.signal import oaconvolve
 
-from datasets.banks import direct_path_index, rir_metrics
+from datasets.banks import direct_path_index
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
 
@@ -28,12 +27,6 @@ class ReverbConfig(StrictModel):
     early_target: bool = False
     early_ms: float = Field(50.0, gt=0.0)
     max_rir_s: float = Field(1.0, gt=0.0)
-
-
-def rir_report_metrics(h: np.ndarray, sr: int) -> dict[str, float | None]:
-    """RT60 / DRR / C50 measured on the RIR (for banks whose manifest lacks them); NaN becomes None."""
-    metrics = rir_metrics(h, sr)
-    return {k: (float(v) if math.isfinite(v) else None) for k, v in metrics.items()}
 
 
 def prepare_rir(h: np.ndarray, sr: int, max_rir_s: float) -> tuple[np.ndarray, int]:
@@ -65,7 +58,7 @@ class Reverb(Degradation):
 
     name = "reverb"
     Config = ReverbConfig
-    # rt60 / drr / c50 come from the RIR manifest, or are measured on the RIR (datasets.banks.rir_metrics)
+    # rt60 / drr / c50 from the RIR manifest, measured on the RIR where missing (Banks.rir_info)
     report_keys = ("rir_id", "rt60", "drr", "c50", "early_target")
 
     def available(self, ctx: Mapping[str, Any]) -> bool:
@@ -91,11 +84,7 @@ class Reverb(Degradation):
         rid = params["rir_id"]
         raw = banks.rir(rid)
         h, d = prepare_rir(raw, sr, float(params["max_rir_s"]))
-        meta = banks.entry("rir", rid).meta
-        report: dict[str, Any] = {"rir_id": rid, **{k: meta.get(k) for k in ("rt60", "drr", "c50")}}
-        if any(report[k] is None for k in ("rt60", "drr", "c50")):
-            measured = rir_report_metrics(raw, sr)
-            report.update({k: measured[k] for k in measured if report.get(k) is None})
+        report: dict[str, Any] = {"rir_id": rid, **banks.rir_info(rid)}
         report["early_target"] = bool(params.get("early_target", False))
         return h, d, report
 
