@@ -20,8 +20,10 @@ read back from JSON renders the same float32 bytes in any process.
 Reproducibility across machines needs the same wheels (numpy, scipy, PyAV with its bundled FFmpeg,
 fast-mp3-augment) and, because numpy picks SIMD kernels for the CPU it runs on (exp, tanh, sums), CPUs with the
 same features, or ``NPY_DISABLE_CPU_FEATURES`` set to the same list everywhere. Codecs through the ``ffmpeg``
-binary (gsm, speex, vorbis) also depend on the system FFmpeg build; the default codec list avoids them. Nothing in
-the library uses BLAS or threads, so thread counts do not matter.
+binary (gsm, speex, vorbis) also depend on the system FFmpeg build; the default codec list avoids them. Thread
+counts do not matter: sums are numpy reductions (never ``np.dot``, whose BLAS summation order follows the thread
+count), codecs run single-threaded, and the only LAPACK calls (a filter's 2x2 initial state, the RT60 line fit)
+are far too small to be split across threads.
 """
 
 from __future__ import annotations
