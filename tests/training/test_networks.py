@@ -10,6 +10,7 @@ from training_helpers import count
 
 from training.features import ComplexSTFT, LogMel
 from training.models import build, build_discriminator
+from training.models.layers import fir_downsample_2d, fir_kernel_2d, fir_upsample_2d
 from training.models.ncsnpp import NCSNppConfig, NCSNppM
 from training.models.vae import DiagonalGaussian
 
@@ -182,3 +183,39 @@ def test_ncsnpp_conditional_needs_sigma():
     assert net(torch.randn(1, 2, 8, 8), torch.tensor([0.5])).shape == (1, 2, 8, 8)
     with pytest.raises(ValueError, match="sigma"):
         net(torch.randn(1, 2, 8, 8))
+
+
+# --- shared layers --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("taps", [[1, 3, 3, 1], [1, 2, 1]])
+def test_fir_resampling_keeps_level_and_shape(taps):
+    kernel = fir_kernel_2d(taps)
+    x = torch.ones(1, 3, 8, 12)
+    up, down = fir_upsample_2d(x, kernel), fir_downsample_2d(x, kernel)
+    assert up.shape == (1, 3, 16, 24) and down.shape == (1, 3, 4, 6)
+    # DC gain 1 away from the zero-padded borders
+    assert torch.allclose(up[..., 3:-3, 3:-3], torch.ones(1, 3, 10, 18))
+    assert torch.allclose(down[..., 1:-1, 1:-1], torch.ones(1, 3, 2, 4))
+
+
+def test_fir_upsample_fast_path_equals_zero_stuffing():
+    kernel = fir_kernel_2d([1, 3, 3, 1])
+    x = torch.randn(2, 3, 5, 7)
+    stuffed = torch.zeros(2, 3, 10, 14)
+    stuffed[..., ::2, ::2] = x
+    reference = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(stuffed, (2, 1, 2, 1)), (4 * kernel)[None, None].expand(3, 1, 4, 4), groups=3
+    )
+    assert torch.allclose(fir_upsample_2d(x, kernel), reference, atol=1e-6)
+
+
+def test_stage_config_pickles_and_round_trips(tiny_configs):
+    import pickle
+
+    from training.config import StageConfig
+
+    for cfg in tiny_configs.values():
+        assert pickle.loads(pickle.dumps(cfg)) == cfg
+        again = StageConfig.model_validate(cfg.model_dump(mode="json"))
+        assert again == cfg and type(again.model) is type(cfg.model)
