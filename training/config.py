@@ -10,7 +10,7 @@ the log-mel (the 48 kHz stages) settings. Further sections (optimiser, steps, lo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SerializeAsAny, field_validator
 
@@ -33,7 +33,7 @@ class FeaturesConfig(StrictModel):
 class StageConfig(StrictModel):
     """One training stage: ``model`` is validated by the config model of the network its ``name`` picks."""
 
-    stage: str
+    stage: Literal["recovery", "autoencoder", "vocoder", "ldm"]
     model: SerializeAsAny[NetworkConfig]
     features: FeaturesConfig = FeaturesConfig()
 

@@ -115,7 +115,7 @@ class ComplexSTFT(nn.Module):
             x.float(),
             self.cfg.n_fft,
             self.cfg.hop_length,
-            window=self.window.float(),
+            window=self.window.to(x.device, torch.float32),
             center=True,
             pad_mode="reflect",
             return_complex=True,
@@ -126,7 +126,12 @@ class ComplexSTFT(nn.Module):
         lead = tuple(spec.shape[:-2])
         flat = spec.reshape(-1, *spec.shape[-2:])
         wave = torch.istft(
-            flat, self.cfg.n_fft, self.cfg.hop_length, window=self.window.float(), center=True, length=length
+            flat,
+            self.cfg.n_fft,
+            self.cfg.hop_length,
+            window=self.window.to(flat.device, torch.float32),
+            center=True,
+            length=length,
         )
         return wave.reshape(*lead, length)
 
@@ -231,7 +236,7 @@ class LogMel(nn.Module):
             c.n_fft,
             c.hop_length,
             win_length=c.win_length,
-            window=self.window.float(),
+            window=self.window.to(x.device, torch.float32),
             center=True,
             pad_mode="reflect",
             return_complex=True,
@@ -240,7 +245,7 @@ class LogMel(nn.Module):
         return mag.reshape(*lead, *mag.shape[-2:])
 
     def mel_from_magnitude(self, mag: torch.Tensor) -> torch.Tensor:
-        mel = torch.matmul(self.filters, mag.float())
+        mel = torch.matmul(self.filters.to(mag.device), mag.float())
         return torch.log(mel.clamp_min(LOG_FLOOR))
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -253,7 +258,7 @@ class LogMel(nn.Module):
         is rank deficient): the result is one magnitude consistent with the mel, for previews and Griffin-Lim,
         not the original. Pseudo-inverse start, then multiplicative NNLS updates (Lee-Seung) which keep it >= 0.
         """
-        filters = self.filters
+        filters = self.filters.to(log_mel.device)
         target = log_mel.float().exp()
         pinv = torch.linalg.pinv(filters.double()).to(filters)
         mag = torch.matmul(pinv, target).clamp_min(1e-8)

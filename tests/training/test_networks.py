@@ -178,6 +178,19 @@ def test_no_nan_under_bf16_autocast(tiny_configs, stage):
     assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
 
 
+@pytest.mark.parametrize("stage", ["autoencoder", "vocoder"])
+def test_discriminators_finite_under_bf16_autocast(tiny_configs, stage):
+    disc = build_discriminator(tiny_configs[stage])
+    x = torch.randn(2, 64, 24) if stage == "autoencoder" else torch.randn(2, 3 * 480 + 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = disc(x)
+        logits = [out] if stage == "autoencoder" else [o[0] for o in out]
+        loss = sum(lg.float().square().mean() for lg in logits)
+    loss.backward()
+    assert bool(torch.isfinite(loss))
+    assert all(bool(torch.isfinite(p.grad).all()) for p in disc.parameters() if p.grad is not None)
+
+
 def test_ncsnpp_conditional_needs_sigma():
     net = NCSNppM(NCSNppConfig(nf=8, ch_mult=[1, 2], norm_groups=2, conditional=True))
     assert net(torch.randn(1, 2, 8, 8), torch.tensor([0.5])).shape == (1, 2, 8, 8)
