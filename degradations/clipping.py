@@ -38,7 +38,8 @@ class Clipping(Degradation):
 
     name = "clipping"
     Config = ClippingConfig
-    report_keys = ("clipping_mode", "clipping_threshold", "clipped_fraction")
+    # drive: how far the input peak exceeds the threshold, in dB
+    report_keys = ("clipping_mode", "clipping_threshold", "clipped_fraction", "clipping_drive_db")
 
     def sample(self, rng: np.random.Generator, ctx: Mapping[str, Any]) -> dict[str, Any]:
         modes = self.config.modes
@@ -51,7 +52,12 @@ class Clipping(Degradation):
         mode = params["mode"]
         if mode not in ("hard", "soft"):
             raise ValueError(f"clipping: unknown mode {mode!r}; expected 'hard' or 'soft'")
-        report: dict[str, Any] = {"clipping_mode": mode, "clipping_threshold": None, "clipped_fraction": 0.0}
+        report: dict[str, Any] = {
+            "clipping_mode": mode,
+            "clipping_threshold": None,
+            "clipped_fraction": 0.0,
+            "clipping_drive_db": None,
+        }
         if len(x) == 0:
             return Applied(x.copy(), report)
         mag = np.abs(x)
@@ -60,6 +66,7 @@ class Clipping(Degradation):
             return Applied(x.copy(), report)
         report["clipping_threshold"] = float(t)
         report["clipped_fraction"] = float(np.count_nonzero(mag > t) / len(x))
+        report["clipping_drive_db"] = float(20.0 * np.log10(float(mag.max()) / float(t)))
         if mode == "hard":
             y = np.clip(x, -t, t)
         else:
