@@ -30,11 +30,21 @@ def test_ncsnpp_m_matches_storm_layout():
     assert abs(count(score) - 27.8e6) / 27.8e6 < 0.01
 
 
-def test_paper_recovery_count(paper_configs):
-    # the predictive network drops exactly the noise-conditioning layers (2.76 M) of the 27.8 M score network
-    n = meta_count(paper_configs["recovery"])
-    assert abs(n - 24.98e6) / 24.98e6 < 0.01
-    assert abs(n - 27.8e6) / 27.8e6 < 0.11
+def test_paper_recovery_is_the_storm_layout_without_noise_conditioning(paper_configs):
+    # The 27.8 M of StoRM counts the noise-conditioning layers of its score network (Fourier embedding MLP and
+    # one dense projection per residual block). The predictive paper config is that network without them:
+    # 25.0 M, i.e. 10.2 % below 27.8 M (see training/models/ncsnpp.py).
+    cfg = paper_configs["recovery"].model
+    with torch.device("meta"):
+        predictive = NCSNppM(cfg)
+        conditional = NCSNppM(cfg.model_copy(update={"conditional": True}))
+    conditioning = count(conditional.embed) + sum(
+        count(m.emb)
+        for m in conditional.modules()
+        if hasattr(m, "emb") and isinstance(m.emb, torch.nn.Linear)
+    )
+    assert count(predictive) == count(conditional) - conditioning
+    assert abs(count(predictive) - 24.98e6) / 24.98e6 < 0.005
 
 
 @pytest.mark.parametrize("stage,expected", [("autoencoder", 223.5e6), ("vocoder", 190.3e6), ("ldm", 166.5e6)])

@@ -8,9 +8,10 @@ multiple of ``2**(levels - 1)`` inside and cropped back.
 
 Parameter count. StoRM reports 27.8 M for NCSN++M; that figure is its *score* network: noise-conditioned
 (Gaussian Fourier embedding of log sigma, two dense layers, one dense projection per residual block) with four
-input channels. ``conditional: true, in_channels: 4`` reproduces that layout (27.8 M). The predictive recovery
-network used here is not noise-conditioned, so it has no embedding layers and 25.0 M parameters; StoRM's
-predictive mode keeps those layers allocated but unused, which would also break DDP (unused parameters).
+input channels. ``conditional: true, in_channels: 4`` reproduces that layout (27.74 M). The predictive recovery
+network used here is not noise-conditioned, so it has no embedding layers and 24.98 M parameters (10.2 % below
+the published figure); StoRM's predictive mode keeps those layers allocated but unused, which would also make
+DDP fail on unused parameters.
 """
 
 from __future__ import annotations
