@@ -48,9 +48,11 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
+        """Reparameterised sample; with a ``generator`` the noise is drawn on the generator's device."""
+        if generator is None:
+            noise = torch.randn_like(self.mean)
+        else:
+            noise = torch.randn(self.mean.shape, generator=generator, device=generator.device).to(self.mean)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
@@ -58,7 +60,8 @@ class DiagonalGaussian:
 
     def kl(self) -> torch.Tensor:
         """KL to the standard normal, summed over latent dimensions: ``(batch,)``."""
-        return 0.5 * (self.mean.square() + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+        mean, logvar = self.mean.float(), self.logvar.float()  # a sum of ~1e4 terms: not in bf16
+        return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3))
 
 
 class _Downsample(nn.Module):
