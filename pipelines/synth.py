@@ -555,7 +555,7 @@ def _render_all(specs, ctx, cfg, cpus, progress, on_shard) -> tuple[list[dict], 
     ds = ray.data.from_items(specs, override_num_blocks=len(specs))
     ds = ds.map(
         functools.partial(render_shard, ctx=ctx),
-        compute=ray.data.TaskPoolStrategy(size=max(1, int(cpus // cfg.ray.cpus_per_task))),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(specs), int(cpus // cfg.ray.cpus_per_task)))),
         num_cpus=cfg.ray.cpus_per_task,
     )
     total = sum(s["planned"] for s in specs)
