@@ -68,3 +68,16 @@ def test_list(capsys):
     rc, listing = run(capsys, "list")
     assert rc == 0
     assert listing["recovery"] == {"networks": ["ncsnpp_m"], "configs": ["paper", "tiny"]}
+
+
+def test_summary_allocates_no_weights(paper_configs):
+    import psutil
+
+    from training.models.summary import summarize
+
+    summarize(paper_configs["vocoder"])  # warm up imports and caches
+    rss = psutil.Process().memory_info().rss
+    summary = summarize(paper_configs["autoencoder"])  # 224 M parameters: 0.85 GB if they were allocated
+    grown = psutil.Process().memory_info().rss - rss
+    assert summary["fp32_megabytes"] > 800
+    assert grown < 150 * 2**20, f"summary allocated {grown / 2**20:.0f} MiB"
