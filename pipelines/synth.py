@@ -325,13 +325,15 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
     """Render (or keep, if already complete and intact) one shard; returns its index entry plus run facts.
 
     The returned row: ``name, split, samples, seconds, bytes, sha256`` (index entry), ``rejects`` (JSON list of
-    ``{key, reason}``), ``kept`` (bool) and ``render_s`` (wall seconds, not part of the index).
+    ``{key, reason}``), ``kept`` (bool), ``render_s`` and ``cpu_s`` (wall and CPU seconds of the task; run
+    facts, not part of the index).
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     name = spec["name"]
     kept = _kept_entry(ctx, name)
     if kept is not None:
-        return {**kept, "rejects": json.dumps(kept["rejects"]), "kept": True, "render_s": time.perf_counter() - start}
+        return {**kept, "rejects": json.dumps(kept["rejects"]), "kept": True,
+                "render_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
 
     from degradations import render
 
@@ -385,7 +387,8 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
         scratch.unlink(missing_ok=True)
     # the state record goes last: it vouches for a shard that is already complete under its final name
     storage.write_bytes(_state_path(ctx.out, name), json.dumps(entry, sort_keys=True).encode())
-    return {**entry, "rejects": json.dumps(rejects), "kept": False, "render_s": time.perf_counter() - start}
+    return {**entry, "rejects": json.dumps(rejects), "kept": False,
+            "render_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -403,6 +406,7 @@ class SynthSummary:
     rendered_seconds: float
     wall_s: float
     cpus: float
+    task_cpu_s: float
     index: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -414,12 +418,18 @@ class SynthSummary:
     def x_realtime_per_core(self) -> float:
         return self.x_realtime / self.cpus if self.cpus else 0.0
 
+    @property
+    def x_realtime_per_cpu_second(self) -> float:
+        """Audio seconds rendered per CPU second spent in the shard tasks: the per-core speed without the
+        effect of idle or shared cores (start-up and scheduling are not counted)."""
+        return self.rendered_seconds / self.task_cpu_s if self.task_cpu_s > 0 else 0.0
+
     def lines(self) -> list[str]:
         return [
             f"wrote {self.out}: {self.samples} samples, {self.hours:.3f} h in {self.shards} shards "
             f"({self.rendered} rendered, {self.kept} kept), {self.rejects} rejects",
             f"{self.wall_s:.1f} s wall, {self.x_realtime:.1f}x real time, {self.x_realtime_per_core:.1f}x real time "
-            f"per core ({self.cpus:g} cores)",
+            f"per core ({self.cpus:g} cores), {self.x_realtime_per_cpu_second:.1f}x real time per task CPU second",
         ]
 
 
@@ -541,7 +551,8 @@ def run_synth(
     return SynthSummary(
         out=out, shards=len(entries), rendered=rendered, kept=len(entries) - rendered,
         samples=index["totals"]["samples"], hours=index["totals"]["hours"], rejects=index["totals"]["rejects"],
-        rendered_seconds=sum(e["seconds"] for e in entries if not e["kept"]), wall_s=wall, cpus=cpus, index=index,
+        rendered_seconds=sum(e["seconds"] for e in entries if not e["kept"]),
+        task_cpu_s=sum(e["cpu_s"] for e in entries if not e["kept"]), wall_s=wall, cpus=cpus, index=index,
     )
 
 
