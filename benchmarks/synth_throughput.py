@@ -59,9 +59,16 @@ def bench_hires(inputs: dict[str, str], workdir: Path, workers: int, samples_per
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     done: list[tuple[float, float]] = []  # (completion time, audio seconds) per shard
     try:
-        summary = run_synth(**inputs, out=str(workdir / f"hires_{workers}w"), cfg=cfg, seed=0, num_cpus=workers,
-                            force=True, progress=False,
-                            on_shard=lambda e: done.append((time.perf_counter(), e["seconds"])))
+        summary = run_synth(
+            **inputs,
+            out=str(workdir / f"hires_{workers}w"),
+            cfg=cfg,
+            seed=0,
+            num_cpus=workers,
+            force=True,
+            progress=False,
+            on_shard=lambda e: done.append((time.perf_counter(), e["seconds"])),
+        )
     finally:
         ray.shutdown()
     total = time.perf_counter() - start
@@ -115,13 +122,22 @@ def bench_baseline(inputs: dict[str, str], workdir: Path, segment_s: float = 5.1
     import pyloudnorm
 
     meter = pyloudnorm.Meter(48_000)
-    chain = Compose([
-        reverb,
-        AddBackgroundNoise(sounds_path=noise_files, min_snr_db=-5.0, max_snr_db=20.0, p=1.0),
-        SomeOf((1, 3), [LowPassFilter(p=1.0), ClippingDistortion(p=1.0), Mp3Compression(p=1.0),
-                        PeakingFilter(p=1.0)]),
-        Normalize(p=1.0),
-    ])
+    chain = Compose(
+        [
+            reverb,
+            AddBackgroundNoise(sounds_path=noise_files, min_snr_db=-5.0, max_snr_db=20.0, p=1.0),
+            SomeOf(
+                (1, 3),
+                [
+                    LowPassFilter(p=1.0),
+                    ClippingDistortion(p=1.0),
+                    Mp3Compression(p=1.0),
+                    PeakingFilter(p=1.0),
+                ],
+            ),
+            Normalize(p=1.0),
+        ]
+    )
     sr = 48_000
     n = int(round(segment_s * sr))
     out = workdir / "baseline"
@@ -147,13 +163,25 @@ def bench_baseline(inputs: dict[str, str], workdir: Path, segment_s: float = 5.1
                     ir, _ = sf.read(reverb.parameters["ir_file_path"], dtype="float32")
                     rt60 = float(pra.experimental.measure_rt60(ir, fs=sr))
                 meta = {"source_id": row.id, "offset": offset, "rt60": rt60}
-                sink.write({"__key__": f"{row.id}_{j:04d}", "clean.flac": flac(x), "degraded.flac": flac(y),
-                            "json": json.dumps(meta).encode()})
+                sink.write(
+                    {
+                        "__key__": f"{row.id}_{j:04d}",
+                        "clean.flac": flac(x),
+                        "degraded.flac": flac(y),
+                        "json": json.dumps(meta).encode(),
+                    }
+                )
                 samples += 1
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     audio_s = samples * segment_s
-    return {"workers": 1, "samples": samples, "audio_hours": round(audio_s / 3600, 4), "wall_s": round(wall, 2),
-            "x_realtime_per_core": round(audio_s / wall, 1), "x_realtime_per_cpu_second": round(audio_s / cpu, 1)}
+    return {
+        "workers": 1,
+        "samples": samples,
+        "audio_hours": round(audio_s / 3600, 4),
+        "wall_s": round(wall, 2),
+        "x_realtime_per_core": round(audio_s / wall, 1),
+        "x_realtime_per_cpu_second": round(audio_s / cpu, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,8 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="demo speech to synthesise (default 10)")
     p.add_argument("--noise-minutes", type=float, default=2.0)
     p.add_argument("--rirs", type=int, default=20)
-    p.add_argument("--samples-per-shard", type=int, default=8,
-                   help="small shards keep both workers busy to the end on a small corpus (default 8)")
+    p.add_argument(
+        "--samples-per-shard",
+        type=int,
+        default=8,
+        help="small shards keep both workers busy to the end on a small corpus (default 8)",
+    )
     p.add_argument("--workdir", type=Path, default=REPO / "out" / "bench-synth")
     p.add_argument("--json", type=Path, help="also write the JSON here")
     p.add_argument("--skip-baseline", action="store_true")
@@ -175,9 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = [bench_hires(inputs, args.workdir, w, args.samples_per_shard) for w in (1, 2)]
     result = {
         "benchmark": "synth_throughput",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    # other work on the host skews wall-clock figures; the per-CPU-second ones are robust to it
-                    "load_average_1m_before": round(load_before[0], 2)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            # other work on the host skews wall-clock figures; the per-CPU-second ones are robust to it
+            "load_average_1m_before": round(load_before[0], 2),
+        },
         "corpus_minutes": args.minutes,
         "hires": runs,
         "scaling_1_to_2": round(runs[1]["x_realtime"] / runs[0]["x_realtime"], 2),
@@ -187,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_baseline:
         base = bench_baseline(inputs, args.workdir)
         result["baseline_audiomentations_pyroomacoustics_webdataset"] = base
-        result["hires_1w_over_baseline_per_core"] = round(runs[0]["x_realtime_per_core"] / base["x_realtime_per_core"],
-                                                          2)
+        result["hires_1w_over_baseline_per_core"] = round(
+            runs[0]["x_realtime_per_core"] / base["x_realtime_per_core"], 2
+        )
     result["machine"]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
-    result["meets_targets"] = (min(r["steady_x_realtime_per_core"] for r in runs) >= 150
-                               and result["steady_scaling_1_to_2"] >= 1.8)
+    result["meets_targets"] = (
+        min(r["steady_x_realtime_per_core"] for r in runs) >= 150 and result["steady_scaling_1_to_2"] >= 1.8
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

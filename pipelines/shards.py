@@ -49,7 +49,9 @@ def _split_member(name: str) -> tuple[str, str]:
     return key, suffix
 
 
-def verify_shard(run_dir: str, entry: dict, sample_rate: int, segment_samples: int) -> tuple[list[str], list[str]]:
+def verify_shard(
+    run_dir: str, entry: dict, sample_rate: int, segment_samples: int
+) -> tuple[list[str], list[str]]:
     """Problems found in one shard, and the keys it holds."""
     name = entry["name"]
     path = storage.join(run_dir, "shards", name)
@@ -94,12 +96,16 @@ def _check_sample(shard: str, members, sample_rate: int, segment_samples: int, k
             problems.append(f"{shard}: {member} does not decode: {e}")
             continue
         if sr != sample_rate or x.ndim != 1:
-            problems.append(f"{shard}: {member} is {sr} Hz with shape {x.shape}, expected {sample_rate} Hz mono")
+            problems.append(
+                f"{shard}: {member} is {sr} Hz with shape {x.shape}, expected {sample_rate} Hz mono"
+            )
         if not np.all(np.isfinite(x)):
             problems.append(f"{shard}: {member} has non-finite samples")
         lengths.append(len(x))
     if len(lengths) == 2 and (lengths[0] != lengths[1] or lengths[0] != segment_samples):
-        problems.append(f"{shard}: {key} clean/degraded lengths {lengths[0]}/{lengths[1]}, expected {segment_samples}")
+        problems.append(
+            f"{shard}: {key} clean/degraded lengths {lengths[0]}/{lengths[1]}, expected {segment_samples}"
+        )
     try:
         meta = json.loads(members[2][1])
         if meta.get("key") != key:
@@ -111,18 +117,24 @@ def _check_sample(shard: str, members, sample_rate: int, segment_samples: int, k
     return problems
 
 
-def verify_shards(run_dir: str, workers: int = 4, on_shard: Callable[[dict], None] | None = None) -> VerifyReport:
+def verify_shards(
+    run_dir: str, workers: int = 4, on_shard: Callable[[dict], None] | None = None
+) -> VerifyReport:
     """Check a run directory against its index (see the module docstring)."""
     run_dir = str(run_dir).rstrip("/") if is_uri(str(run_dir)) else str(run_dir)
     index = read_index(run_dir)
     report = VerifyReport(shards=len(index["shards"]))
     sample_rate, segment_samples = int(index["sample_rate"]), int(index["segment_samples"])
     listed = {e["name"] for e in index["shards"]}
-    extra = [n for n in storage.listdir(storage.join(run_dir, "shards")) if n.endswith(".tar") and n not in listed]
+    extra = [
+        n for n in storage.listdir(storage.join(run_dir, "shards")) if n.endswith(".tar") and n not in listed
+    ]
     report.problems += [f"{n}: in shards/ but not in index.json" for n in extra]
     all_keys: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda e: (e, verify_shard(run_dir, e, sample_rate, segment_samples)), index["shards"])
+        results = pool.map(
+            lambda e: (e, verify_shard(run_dir, e, sample_rate, segment_samples)), index["shards"]
+        )
         for entry, (problems, keys) in results:
             report.problems += problems
             all_keys += keys
@@ -130,22 +142,23 @@ def verify_shards(run_dir: str, workers: int = 4, on_shard: Callable[[dict], Non
                 on_shard(entry)
     report.samples = len(all_keys)
     totals = index["totals"]
-    if totals["samples"] != sum(e["samples"] for e in index["shards"]) or totals["shards"] != len(index["shards"]):
+    if totals["samples"] != sum(e["samples"] for e in index["shards"]) or totals["shards"] != len(
+        index["shards"]
+    ):
         report.problems.append("index.json: totals do not match the per-shard entries")
     if len(set(all_keys)) != len(all_keys):
         report.problems.append("duplicate sample keys across shards")
     plan_path = storage.join(run_dir, "plan.parquet")
     if storage.exists(plan_path):
-        import pyarrow.parquet as pq
-
-        with storage.open_read(plan_path) as f:
-            planned = set(pq.read_table(f, columns=["key"]).column("key").to_pylist())
+        planned = set(storage.read_parquet(plan_path, columns=["key"]).column("key").to_pylist())
         rejected = {r["key"] for r in index.get("rejects", [])}
         if planned - rejected != set(all_keys):
             lost = sorted(planned - rejected - set(all_keys))
             unplanned = sorted(set(all_keys) - planned)
-            report.problems.append(f"plan.parquet: {len(lost)} planned sample(s) missing {lost[:3]}, "
-                                   f"{len(unplanned)} unplanned {unplanned[:3]}")
+            report.problems.append(
+                f"plan.parquet: {len(lost)} planned sample(s) missing {lost[:3]}, "
+                f"{len(unplanned)} unplanned {unplanned[:3]}"
+            )
     return report
 
 
@@ -165,12 +178,10 @@ def find_sample(run_dir: str, key: str) -> Sample:
     plan_path = storage.join(run_dir, "plan.parquet")
     if storage.exists(plan_path):
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         from pipelines.synth import shard_name
 
-        with storage.open_read(plan_path) as f:
-            table = pq.read_table(f, columns=["key", "shard"])
+        table = storage.read_parquet(plan_path, columns=["key", "shard"])
         hit = table.filter(pc.equal(table.column("key"), key))
         if hit.num_rows:
             names = [shard_name(hit.column("shard")[0].as_py())]

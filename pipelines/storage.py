@@ -151,6 +151,18 @@ def makedirs(path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+def read_parquet(path: str, columns: list[str] | None = None):
+    """A whole (small) Parquet table from a local path or URI.
+
+    Read from an in-memory buffer without Arrow's thread pool: pyarrow 25 can abort the interpreter at exit
+    ("terminate called without an active exception") after a threaded read from a Python file object.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(read_bytes(path)), columns=columns, use_threads=False)
+
+
 def iter_tar_members(path: str) -> Iterator[tuple[str, bytes]]:
     """Stream ``(name, bytes)`` of the regular files in a tar at a local path or URI, in archive order."""
     import tarfile

@@ -61,21 +61,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # sources whose content decides the rendered bytes: a change there is a new code version
 OUTPUT_SOURCES = ("degradations", "datasets/audio.py", "pipelines/synth.py", "pipelines/synth_config.py")
 
-PLAN_SCHEMA = pa.schema([
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("shard", pa.int32(), nullable=False),
-    pa.field("position", pa.int32(), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("source_id", pa.string(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("source_sample_rate", pa.int32(), nullable=False),
-    pa.field("offset", pa.int64(), nullable=False),
-    pa.field("frames", pa.int64(), nullable=False),
-    pa.field("valid", pa.int64(), nullable=False),
-    pa.field("speaker", pa.string(), nullable=False),
-    pa.field("corpus", pa.string(), nullable=False),
-    pa.field("steps", pa.string(), nullable=False),
-])
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("source_sample_rate", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("frames", pa.int64(), nullable=False),
+        pa.field("valid", pa.int64(), nullable=False),
+        pa.field("speaker", pa.string(), nullable=False),
+        pa.field("corpus", pa.string(), nullable=False),
+        pa.field("steps", pa.string(), nullable=False),
+    ]
+)
 
 
 def shard_name(index: int) -> str:
@@ -107,7 +109,11 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries whose output enters the shards (recorded in the index, not compared)."""
     import soundfile
 
-    out = {"python": platform.python_version(), "numpy": np.__version__, "libsndfile": soundfile.__libsndfile_version__}
+    out = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
+    }
     for name in ("scipy", "soxr", "pyarrow"):
         try:
             out[name] = metadata.version(name)
@@ -130,7 +136,9 @@ class PlanStats:
         return dict(self.__dict__)
 
 
-def segment_utterance(frames: int, source_sr: int, cfg: SynthConfig) -> tuple[list[tuple[int, int, int]], bool]:
+def segment_utterance(
+    frames: int, source_sr: int, cfg: SynthConfig
+) -> tuple[list[tuple[int, int, int]], bool]:
     """Cut ``frames`` source samples into ``[(offset, frames, valid_out)]`` (offset/frames in source samples,
     ``valid_out`` in output samples); the flag says whether a tail piece was dropped."""
     seg = cfg.segment
@@ -161,11 +169,21 @@ def make_plan(clean, cfg: SynthConfig, seed: int, catalog) -> tuple[pa.Table, Pl
         for j, (offset, frames, valid) in enumerate(pieces):
             key = f"{r.id}_{j:04d}"
             steps = plan_chain(key, seed, cfg.chain, catalog)
-            rows.append({
-                "key": key, "split": str(r.split), "source_id": str(r.id), "path": str(r.path),
-                "source_sample_rate": int(r.sample_rate), "offset": offset, "frames": frames, "valid": valid,
-                "speaker": str(r.speaker), "corpus": str(r.corpus), "steps": canonical_json(steps),
-            })
+            rows.append(
+                {
+                    "key": key,
+                    "split": str(r.split),
+                    "source_id": str(r.id),
+                    "path": str(r.path),
+                    "source_sample_rate": int(r.sample_rate),
+                    "offset": offset,
+                    "frames": frames,
+                    "valid": valid,
+                    "speaker": str(r.speaker),
+                    "corpus": str(r.corpus),
+                    "steps": canonical_json(steps),
+                }
+            )
     stats.segments = len(rows)
     rows.sort(key=lambda row: (SPLIT_ORDER.get(row["split"], len(SPLIT_ORDER)), row["split"], row["key"]))
     shard, position, previous_split = -1, cfg.shards.samples_per_shard, None
@@ -332,14 +350,20 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
     name = spec["name"]
     kept = _kept_entry(ctx, name)
     if kept is not None:
-        return {**kept, "rejects": json.dumps(kept["rejects"]), "kept": True,
-                "render_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
+        return {
+            **kept,
+            "rejects": json.dumps(kept["rejects"]),
+            "kept": True,
+            "render_s": time.perf_counter() - start,
+            "cpu_s": time.process_time() - cpu_start,
+        }
 
     from degradations import render
 
     banks = _worker_banks(ctx.noise_manifest, ctx.rir_manifest, ctx.sample_rate)
     with storage.open_read(ctx.plan_path) as f:
-        rows = pq.ParquetFile(f).read_row_group(int(spec["shard"])).to_pylist()
+        # only this shard's row group is read; no Arrow threads (see storage.read_parquet)
+        rows = pq.ParquetFile(f).read_row_group(int(spec["shard"]), use_threads=False).to_pylist()
     if not rows or rows[0]["shard"] != spec["shard"]:
         raise RuntimeError(f"{ctx.plan_path}: row group {spec['shard']} does not hold shard {name}")
 
@@ -366,10 +390,16 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
                         continue
                     out = render(clean, ctx.sample_rate, json.loads(row["steps"]), banks)
                     key = row["key"]
-                    _tar_add(tar, f"{key}.clean.flac",
-                             encode_audio(_pcm_safe(out.target), ctx.sample_rate, "FLAC", ctx.flac_subtype))
-                    _tar_add(tar, f"{key}.degraded.flac",
-                             encode_audio(_pcm_safe(out.degraded), ctx.sample_rate, "FLAC", ctx.flac_subtype))
+                    _tar_add(
+                        tar,
+                        f"{key}.clean.flac",
+                        encode_audio(_pcm_safe(out.target), ctx.sample_rate, "FLAC", ctx.flac_subtype),
+                    )
+                    _tar_add(
+                        tar,
+                        f"{key}.degraded.flac",
+                        encode_audio(_pcm_safe(out.degraded), ctx.sample_rate, "FLAC", ctx.flac_subtype),
+                    )
                     meta = sample_metadata(row, ctx, out.report)
                     _tar_add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
                     samples += 1
@@ -387,8 +417,13 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
         scratch.unlink(missing_ok=True)
     # the state record goes last: it vouches for a shard that is already complete under its final name
     storage.write_bytes(_state_path(ctx.out, name), json.dumps(entry, sort_keys=True).encode())
-    return {**entry, "rejects": json.dumps(rejects), "kept": False,
-            "render_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
+    return {
+        **entry,
+        "rejects": json.dumps(rejects),
+        "kept": False,
+        "render_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu_start,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -425,9 +460,14 @@ class SynthSummary:
         return self.rendered_seconds / self.task_cpu_s if self.task_cpu_s > 0 else 0.0
 
     def lines(self) -> list[str]:
-        return [
+        head = (
             f"wrote {self.out}: {self.samples} samples, {self.hours:.3f} h in {self.shards} shards "
-            f"({self.rendered} rendered, {self.kept} kept), {self.rejects} rejects",
+            f"({self.rendered} rendered, {self.kept} kept), {self.rejects} rejects"
+        )
+        if not self.rendered:
+            return [head, f"{self.wall_s:.1f} s wall: every shard was already complete and intact"]
+        return [
+            head,
             f"{self.wall_s:.1f} s wall, {self.x_realtime:.1f}x real time, {self.x_realtime_per_core:.1f}x real time "
             f"per core ({self.cpus:g} cores), {self.x_realtime_per_cpu_second:.1f}x real time per task CPU second",
         ]
@@ -461,10 +501,13 @@ def _check_existing(out: str, identity: dict, force: bool) -> None:
     else:
         diffs = [k for k in identity if previous.get(k) != identity[k]]
         if diffs and not force:
-            detail = ", ".join(f"{k} (was {_short(previous.get(k))}, now {_short(identity[k])})" for k in diffs)
+            detail = ", ".join(
+                f"{k} (was {_short(previous.get(k))}, now {_short(identity[k])})" for k in diffs
+            )
             raise FileExistsError(
                 f"{out}: already holds a synthesis run with a different {detail}; use another --out or --force "
-                "to replace it")
+                "to replace it"
+            )
     if force:
         for part in ("index.json", "plan.parquet", "shards", "state", "tmp"):
             storage.remove(storage.join(out, part))
@@ -520,8 +563,10 @@ def run_synth(
     banks = Banks.from_manifests(noise, rir, sr=cfg.segment.sample_rate)
     table, plan_stats = make_plan(clean_df, cfg, seed, banks.catalog())
     if table.num_rows == 0:
-        raise ValueError(f"{clean}: no utterance is long enough for one {cfg.segment.seconds} s sample "
-                         f"(min_tail_seconds {cfg.segment.min_tail_seconds}, tail {cfg.segment.tail})")
+        raise ValueError(
+            f"{clean}: no utterance is long enough for one {cfg.segment.seconds} s sample "
+            f"(min_tail_seconds {cfg.segment.min_tail_seconds}, tail {cfg.segment.tail})"
+        )
     plan_path = storage.join(out, "plan.parquet")
     data = plan_bytes(table, identity)
     if not storage.exists(plan_path) or storage.read_bytes(plan_path) != data:
@@ -530,12 +575,20 @@ def run_synth(
         storage.remove(storage.join(out, "tmp"))  # scratch files of killed tasks
 
     counts = table.group_by(["shard", "split"]).aggregate([("key", "count")]).sort_by("shard").to_pylist()
-    specs = [{"shard": c["shard"], "name": shard_name(c["shard"]), "split": c["split"], "planned": c["key_count"]}
-             for c in counts]
+    specs = [
+        {"shard": c["shard"], "name": shard_name(c["shard"]), "split": c["split"], "planned": c["key_count"]}
+        for c in counts
+    ]
     ctx = RenderContext(
-        out=out, plan_path=plan_path, noise_manifest=str(noise), rir_manifest=str(rir),
-        sample_rate=cfg.segment.sample_rate, segment_samples=cfg.segment.samples,
-        flac_subtype=cfg.shards.flac_subtype, seed=seed, code_version=identity["code_version"],
+        out=out,
+        plan_path=plan_path,
+        noise_manifest=str(noise),
+        rir_manifest=str(rir),
+        sample_rate=cfg.segment.sample_rate,
+        segment_samples=cfg.segment.samples,
+        flac_subtype=cfg.shards.flac_subtype,
+        seed=seed,
+        code_version=identity["code_version"],
     )
 
     started, cpus = _init_ray(address, num_cpus)
@@ -544,15 +597,27 @@ def run_synth(
     finally:
         if started:
             ray.shutdown()
+    if not is_uri(out) and not storage.listdir(storage.join(out, "tmp")):
+        storage.remove(storage.join(out, "tmp"))
 
     index = build_index(cfg, identity, plan_stats, data, entries)
-    storage.write_bytes(storage.join(out, "index.json"), (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
+    storage.write_bytes(
+        storage.join(out, "index.json"), (json.dumps(index, indent=1, sort_keys=True) + "\n").encode()
+    )
     rendered = sum(1 for e in entries if not e["kept"])
     return SynthSummary(
-        out=out, shards=len(entries), rendered=rendered, kept=len(entries) - rendered,
-        samples=index["totals"]["samples"], hours=index["totals"]["hours"], rejects=index["totals"]["rejects"],
+        out=out,
+        shards=len(entries),
+        rendered=rendered,
+        kept=len(entries) - rendered,
+        samples=index["totals"]["samples"],
+        hours=index["totals"]["hours"],
+        rejects=index["totals"]["rejects"],
         rendered_seconds=sum(e["seconds"] for e in entries if not e["kept"]),
-        task_cpu_s=sum(e["cpu_s"] for e in entries if not e["kept"]), wall_s=wall, cpus=cpus, index=index,
+        task_cpu_s=sum(e["cpu_s"] for e in entries if not e["kept"]),
+        wall_s=wall,
+        cpus=cpus,
+        index=index,
     )
 
 
@@ -582,20 +647,26 @@ def _render_all(specs, ctx, cfg, cpus, progress, on_shard) -> tuple[list[dict], 
                 rendered_s += entry["seconds"]
             elapsed = time.perf_counter() - start
             bar.update(entry["samples"] + len(entry["rejects"]))
-            bar.set_postfix_str(f"{rendered_s / 3600:.2f} h rendered, {rendered_s / max(elapsed, 1e-9):.0f}x RT, "
-                                f"{sum(e['kept'] for e in entries)} kept")
+            bar.set_postfix_str(
+                f"{rendered_s / 3600:.2f} h rendered, {rendered_s / max(elapsed, 1e-9):.0f}x RT, "
+                f"{sum(e['kept'] for e in entries)} kept"
+            )
             if on_shard is not None:
                 on_shard(entry)
     wall = time.perf_counter() - start
     names = {e["name"] for e in entries}
     missing = [s["name"] for s in specs if s["name"] not in names]
     if missing or len(entries) != len(specs):
-        raise RuntimeError(f"render finished without shard(s) {', '.join(missing[:5])} "
-                           f"({len(entries)} results for {len(specs)} shards)")
+        raise RuntimeError(
+            f"render finished without shard(s) {', '.join(missing[:5])} "
+            f"({len(entries)} results for {len(specs)} shards)"
+        )
     return sorted(entries, key=lambda e: e["name"]), wall
 
 
-def build_index(cfg: SynthConfig, identity: dict, plan_stats: PlanStats, plan_data: bytes, entries: list[dict]) -> dict:
+def build_index(
+    cfg: SynthConfig, identity: dict, plan_stats: PlanStats, plan_data: bytes, entries: list[dict]
+) -> dict:
     """``index.json``: deterministic (no timings, hosts or paths), shards sorted by name."""
     shards = [{k: e[k] for k in ("name", "split", "samples", "seconds", "bytes", "sha256")} for e in entries]
     rejects = sorted((r for e in entries for r in e["rejects"]), key=lambda r: r["key"])

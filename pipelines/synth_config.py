@@ -25,9 +25,13 @@ class SegmentConfig(StrictModel):
     seconds: float = Field(5.12, gt=0, description="sample length (5.12 s = 245 760 samples at 48 kHz)")
     sample_rate: int = Field(48000, gt=0, description="rate of the rendered audio in the shards")
     tail: Literal["pad", "drop"] = Field(
-        "pad", description="last piece of an utterance: zero-pad it to full length (valid length recorded) "
-        "or always drop it")
-    min_tail_seconds: float = Field(1.0, ge=0, description="with tail=pad, pieces shorter than this are dropped")
+        "pad",
+        description="last piece of an utterance: zero-pad it to full length (valid length recorded) "
+        "or always drop it",
+    )
+    min_tail_seconds: float = Field(
+        1.0, ge=0, description="with tail=pad, pieces shorter than this are dropped"
+    )
 
     @property
     def samples(self) -> int:
@@ -43,10 +47,13 @@ class SegmentConfig(StrictModel):
 class ShardsConfig(StrictModel):
     """Grouping of samples into WebDataset tars and their audio encoding."""
 
-    samples_per_shard: int = Field(512, ge=1, description="samples per tar (the last shard of a split may "
-                                   "hold fewer)")
-    split_shards: bool = Field(True, description="start a new shard at each split (train/valid/test), so a "
-                               "shard holds one split only")
+    samples_per_shard: int = Field(
+        512, ge=1, description="samples per tar (the last shard of a split may hold fewer)"
+    )
+    split_shards: bool = Field(
+        True,
+        description="start a new shard at each split (train/valid/test), so a shard holds one split only",
+    )
     flac_subtype: Literal["PCM_16", "PCM_24"] = Field("PCM_24", description="FLAC sample format")
 
 

@@ -12,18 +12,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub = shards.add_subparsers(dest="shards_command", metavar="COMMAND")
 
     verify = ssub.add_parser(
-        "verify", help="check sha256s, counts, decoding and lengths against index.json",
+        "verify",
+        help="check sha256s, counts, decoding and lengths against index.json",
         description="Check every shard listed in DIR/index.json: bytes and sha256, sample count, member names "
         "and order, every FLAC decodes at the indexed rate with clean/degraded of the segment length, every JSON "
-        "names its key; no unlisted tar; plan and shards hold the same keys. Exit 1 when anything is wrong.")
+        "names its key; no unlisted tar; plan and shards hold the same keys. Exit 1 when anything is wrong.",
+    )
     verify.add_argument("dir", help="synthesis output directory or s3:// prefix")
     verify.add_argument("--workers", type=int, default=4, help="shards checked in parallel (default 4)")
     verify.set_defaults(func=run_verify)
 
     inspect = ssub.add_parser(
-        "inspect", help="print one sample's metadata; optionally write its audio and spectrograms",
+        "inspect",
+        help="print one sample's metadata; optionally write its audio and spectrograms",
         description="Print the JSON metadata of sample KEY. With --out, also write KEY.clean.wav, "
-        "KEY.degraded.wav and KEY.png (spectrograms of both) into that folder.")
+        "KEY.degraded.wav and KEY.png (spectrograms of both) into that folder.",
+    )
     inspect.add_argument("dir", help="synthesis output directory or s3:// prefix")
     inspect.add_argument("--key", required=True, help="sample key, {utterance id}_{segment:04d}")
     inspect.add_argument("--out", help="folder for the wav files and the spectrogram PNG")

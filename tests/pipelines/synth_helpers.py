@@ -19,9 +19,26 @@ SEED = 7
 
 def synth_argv(inputs: dict[str, str], out: str, *extra: str) -> list[str]:
     """``python -m pipelines synth`` with the reference settings."""
-    return [str(VENV_BIN / "python"), "-m", "pipelines", "-q", "synth", "--clean", inputs["clean"],
-            "--noise", inputs["noise"], "--rir", inputs["rir"], "--out", out, "--seed", str(SEED),
-            "--samples-per-shard", str(SAMPLES_PER_SHARD), *extra]
+    return [
+        str(VENV_BIN / "python"),
+        "-m",
+        "pipelines",
+        "-q",
+        "synth",
+        "--clean",
+        inputs["clean"],
+        "--noise",
+        inputs["noise"],
+        "--rir",
+        inputs["rir"],
+        "--out",
+        out,
+        "--seed",
+        str(SEED),
+        "--samples-per-shard",
+        str(SAMPLES_PER_SHARD),
+        *extra,
+    ]
 
 
 def tree_bytes(run_dir: Path | str) -> dict[str, bytes]:

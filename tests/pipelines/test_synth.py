@@ -72,7 +72,9 @@ def test_plan_orders_keys_groups_shards_and_is_deterministic(demo_inputs, synth_
     assert len(set(keys)) == len(keys)
     assert all(r["key"] == f"{r['source_id']}_{int(r['key'].rsplit('_', 1)[1]):04d}" for r in rows)
     order = {"train": 0, "valid": 1, "test": 2}
-    assert [(order[r["split"]], r["key"]) for r in rows] == sorted((order[r["split"]], r["key"]) for r in rows)
+    assert [(order[r["split"]], r["key"]) for r in rows] == sorted(
+        (order[r["split"]], r["key"]) for r in rows
+    )
     for shard in {r["shard"] for r in rows}:
         members = [r for r in rows if r["shard"] == shard]
         assert 1 <= len(members) <= SAMPLES_PER_SHARD
@@ -95,7 +97,9 @@ def test_reference_run_layout_index_and_members(reference_run):
     index = json.loads((reference_run / "index.json").read_text())
     plan = pq.read_table(reference_run / "plan.parquet").to_pylist()
     assert index["format_version"] == 1 and index["seed"] == SEED
-    assert index["config"]["shards"]["samples_per_shard"] == SAMPLES_PER_SHARD and "ray" not in index["config"]
+    assert (
+        index["config"]["shards"]["samples_per_shard"] == SAMPLES_PER_SHARD and "ray" not in index["config"]
+    )
     assert set(index["manifests"]) == {"clean", "noise", "rir"}
     names = sorted(p.name for p in (reference_run / "shards").iterdir())
     assert names == [s["name"] for s in index["shards"]] == [f"shard-{i:06d}.tar" for i in range(len(names))]
@@ -107,8 +111,10 @@ def test_reference_run_layout_index_and_members(reference_run):
     for entry in index["shards"]:
         with tarfile.open(reference_run / "shards" / entry["name"]) as tar:
             members = tar.getmembers()
-            assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.mode == 0o644
-                       for m in members)
+            assert all(
+                m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.mode == 0o644
+                for m in members
+            )
             keys = [r["key"] for r in plan if f"shard-{r['shard']:06d}.tar" == entry["name"]]
             expected = [f"{k}.{s}" for k in keys for s in ("clean.flac", "degraded.flac", "json")]
             assert [m.name for m in members] == expected
@@ -119,16 +125,30 @@ def test_reference_run_layout_index_and_members(reference_run):
         assert sr == 48_000 and clean.shape == degraded.shape == (245_760,)
         assert not np.array_equal(clean, degraded)
         assert meta["ops"] == json.loads(row["steps"]) and meta["seed"] == SEED
-        assert (meta["source_id"], meta["offset"], meta["valid"]) == (row["source_id"], row["offset"], row["valid"])
-        assert {"speaker", "corpus", "split", "snr_db", "rt60", "codec", "bitrate_kbps", "code_version"} <= set(meta)
+        assert (meta["source_id"], meta["offset"], meta["valid"]) == (
+            row["source_id"],
+            row["offset"],
+            row["valid"],
+        )
+        assert {
+            "speaker",
+            "corpus",
+            "split",
+            "snr_db",
+            "rt60",
+            "codec",
+            "bitrate_kbps",
+            "code_version",
+        } <= set(meta)
         assert meta["code_version"] == index["code_version"]
-        assert np.all(clean[meta["valid"]:] == 0)  # zero padding past the valid length
+        assert np.all(clean[meta["valid"] :] == 0)  # zero padding past the valid length
 
 
 # --------------------------------------------------------------------------------------------- reproducible
 def test_one_worker_gives_the_same_bytes_as_two(reference_run, demo_inputs, synth_cfg, ray_session, tmp_path):
-    summary = run_synth(**demo_inputs, out=str(tmp_path / "one"), cfg=synth_cfg, seed=SEED, num_cpus=1,
-                        progress=False)
+    summary = run_synth(
+        **demo_inputs, out=str(tmp_path / "one"), cfg=synth_cfg, seed=SEED, num_cpus=1, progress=False
+    )
     assert summary.cpus == 1 and summary.rendered == summary.shards and summary.kept == 0
     assert_same_run(reference_run, tmp_path / "one")
 
@@ -155,13 +175,24 @@ def test_resume_after_killing_the_job_matches_an_uninterrupted_run(
     """SIGKILL the whole job (driver and its local Ray) once some shards are done, then run it again."""
     out = tmp_path / "killed"
     argv = synth_argv(demo_inputs, str(out), "--num-cpus", "1")
-    proc = subprocess.Popen(argv, cwd=REPO, env=subprocess_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=subprocess_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         state = out / "state"
-        wait_for(lambda: proc.poll() is not None or (state.is_dir() and len(list(state.iterdir())) >= 2),
-                 timeout_s=120, what="two finished shards")
-        assert proc.poll() is None, f"job ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        wait_for(
+            lambda: proc.poll() is not None or (state.is_dir() and len(list(state.iterdir())) >= 2),
+            timeout_s=120,
+            what="two finished shards",
+        )
+        assert proc.poll() is None, (
+            f"job ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -208,10 +239,31 @@ def test_rerun_with_another_seed_or_config_is_refused_unless_forced(demo_inputs,
 def test_cli_synth_print_config_and_bad_override(capsys):
     from pipelines.cli import main
 
-    assert main(["synth", "--clean", "c", "--noise", "n", "--rir", "r", "--out", "o", "--print-config",
-                 "--samples-per-shard", "16", "--set", "segment.tail=drop"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--clean",
+                "c",
+                "--noise",
+                "n",
+                "--rir",
+                "r",
+                "--out",
+                "o",
+                "--print-config",
+                "--samples-per-shard",
+                "16",
+                "--set",
+                "segment.tail=drop",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "samples_per_shard: 16" in text and "tail: drop" in text and "chain:" in text
-    assert main(["synth", "--clean", "c", "--noise", "n", "--rir", "r", "--out", "o",
-                 "--set", "segment.nope=1"]) == 2
+    assert (
+        main(["synth", "--clean", "c", "--noise", "n", "--rir", "r", "--out", "o", "--set", "segment.nope=1"])
+        == 2
+    )
     assert "segment.nope: unknown key" in capsys.readouterr().err

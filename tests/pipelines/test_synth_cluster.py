@@ -17,19 +17,25 @@ def test_worker_node_killed_mid_job_output_identical_to_single_node(reference_ru
     # a process holds one Ray at a time: the cluster test runs without the shared local one
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                             "object_store_memory": 150 * 2**20})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 150 * 2**20},
+    )
     proc = None
     try:
         workers = [cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20) for _ in range(2)]
         cluster.wait_for_nodes()
         out = tmp_path / "cluster"
         argv = synth_argv(demo_inputs, str(out), "--address", cluster.address)
-        proc = subprocess.Popen(argv, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         state = out / "state"
-        wait_for(lambda: proc.poll() is not None or (state.is_dir() and any(state.iterdir())),
-                 timeout_s=180, what="the first finished shard")
+        wait_for(
+            lambda: proc.poll() is not None or (state.is_dir() and any(state.iterdir())),
+            timeout_s=180,
+            what="the first finished shard",
+        )
         assert proc.poll() is None, f"job ended before the node kill: {proc.stderr.read().decode()[-2000:]}"
         finished_before_kill = len(list(state.iterdir()))
         cluster.remove_node(workers[1], allow_graceful=False)

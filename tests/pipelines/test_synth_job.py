@@ -43,26 +43,54 @@ def test_ray_job_submit_runs_the_synthesis(reference_run, demo_inputs, tmp_path)
     # Ray >= 2.60: `ray start --head` turns token auth on when $HOME/.ray/auth_token exists (else it warns and runs
     # open), so the token is generated first; the job client must be told to send it (RAY_AUTH_MODE=token)
     head_env.pop("RAY_AUTH_MODE", None)
-    subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=head_env, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [str(VENV_BIN / "ray"), "get-auth-token", "--generate"],
+        env=head_env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert (tmp_path / "home" / ".ray" / "auth_token").is_file()
     env = {**head_env, "RAY_AUTH_MODE": "token"}
     head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats",
-         # fixed default ports would collide with any other Ray on this host (the tests' own local one)
-         f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"],
-        cwd=REPO, env=head_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs_port}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            # fixed default ports would collide with any other Ray on this host (the tests' own local one)
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+        ],
+        cwd=REPO,
+        env=head_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{dashboard_port}"
     try:
-        wait_for(lambda: head.poll() is not None or _dashboard_up(url), timeout_s=120, what="the Ray head",
-                 interval_s=0.5)
+        wait_for(
+            lambda: head.poll() is not None or _dashboard_up(url),
+            timeout_s=120,
+            what="the Ray head",
+            interval_s=0.5,
+        )
         assert head.poll() is None, head.stderr.read().decode()[-2000:]
         unauthenticated = subprocess.run(
             [str(VENV_BIN / "ray"), "job", "list", "--address", url],
-            cwd=REPO, env={**head_env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, timeout=60)
+            cwd=REPO,
+            env={**head_env, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            timeout=60,
+        )
         assert unauthenticated.returncode != 0  # auth stays on
         out = tmp_path / "job"
         entrypoint = synth_argv(demo_inputs, str(out), "--address", "auto")
@@ -71,17 +99,38 @@ def test_ray_job_submit_runs_the_synthesis(reference_run, demo_inputs, tmp_path)
         deadline = time.monotonic() + 120
         while True:  # the head's job agent registers a few seconds after the dashboard answers
             submit = subprocess.run(
-                [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--submission-id", job_id,
-                 "--working-dir", ".", "--runtime-env", "infra/runtime_env.yaml", "--", *entrypoint],
-                cwd=REPO, env=env, capture_output=True, timeout=400,
+                [
+                    str(VENV_BIN / "ray"),
+                    "job",
+                    "submit",
+                    "--address",
+                    url,
+                    "--submission-id",
+                    job_id,
+                    "--working-dir",
+                    ".",
+                    "--runtime-env",
+                    "infra/runtime_env.yaml",
+                    "--",
+                    *entrypoint,
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                timeout=400,
             )
             logs = submit.stdout.decode()[-3000:] + submit.stderr.decode()[-3000:]
             if "No available agent" not in logs or time.monotonic() > deadline:
                 break
             time.sleep(2)
         assert submit.returncode == 0, logs
-        status = subprocess.run([str(VENV_BIN / "ray"), "job", "status", "--address", url, job_id],
-                                cwd=REPO, env=env, capture_output=True, timeout=60)
+        status = subprocess.run(
+            [str(VENV_BIN / "ray"), "job", "status", "--address", url, job_id],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
         assert "succeeded" in (status.stdout.decode() + status.stderr.decode()).lower(), logs
         assert_same_run(reference_run, out)
     finally:

@@ -21,8 +21,12 @@ BUCKET = "hires-test"
 def s3_server(monkeypatch):
     """``moto_server`` on 127.0.0.1 with test credentials in the environment; stopped afterwards."""
     port = free_port()
-    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -34,8 +38,12 @@ def s3_server(monkeypatch):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         import fsspec
@@ -110,8 +118,13 @@ def test_ray_data_reads_the_shards_back_from_s3(s3_server, reference_run, ray_se
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     for tar in sorted((reference_run / "shards").iterdir()):
         fs.put_file(str(tar), f"s3://{BUCKET}/copy/shards/{tar.name}")
-    s3 = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                           endpoint_override=endpoint.removeprefix("http://"), scheme="http")
+    s3 = pafs.S3FileSystem(
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        endpoint_override=endpoint.removeprefix("http://"),
+        scheme="http",
+    )
     rows = ray.data.read_webdataset(f"{BUCKET}/copy/shards", filesystem=s3, decoder=None).take_all()
     index = json.loads((reference_run / "index.json").read_text())
     assert len(rows) == index["totals"]["samples"]
