@@ -339,6 +339,22 @@ def _kept_entry(ctx: RenderContext, name: str) -> dict | None:
     return entry if sha == entry["sha256"] else None
 
 
+def _read_source(row: dict, attempts: int = 4) -> tuple[np.ndarray, int]:
+    """The sample's slice of its source. I/O errors (network, object store) are retried, then raised so the
+    task fails and the rerun resumes: a transient error must never turn into a reject, which would make the
+    output depend on luck. Decoding errors are returned to the caller as :class:`AudioError` (a reject)."""
+    for attempt in range(attempts):
+        try:
+            return read_audio(row["path"], start=row["offset"], frames=row["frames"])
+        except AudioError as e:
+            if not isinstance(e.__cause__, OSError):
+                raise
+            if attempt == attempts - 1:
+                raise OSError(f"{row['path']}: cannot read the source of {row['key']}: {e}") from e
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def render_shard(spec: dict, ctx: RenderContext) -> dict:
     """Render (or keep, if already complete and intact) one shard; returns its index entry plus run facts.
 
@@ -378,8 +394,8 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
             with tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tar:
                 for row in rows:
                     try:
-                        x, sr = read_audio(row["path"], start=row["offset"], frames=row["frames"])
-                    except AudioError as e:
+                        x, sr = _read_source(row)
+                    except AudioError as e:  # undecodable source: recorded, the shard goes on without it
                         rejects.append({"key": row["key"], "reason": str(e)})
                         continue
                     if sr != ctx.sample_rate:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -267,3 +268,38 @@ def test_cli_synth_print_config_and_bad_override(capsys):
         == 2
     )
     assert "segment.nope: unknown key" in capsys.readouterr().err
+
+
+def test_undecodable_source_is_a_recorded_reject(demo_inputs, ray_session, tmp_path):
+    import shutil
+
+    from datasets.manifest import write_manifest
+    from pipelines.shards import verify_shards
+
+    rows = read_manifest(demo_inputs["clean"]).head(3).to_dict("records")
+    for row in rows:  # own copies: one of them gets corrupted
+        copy = tmp_path / "audio" / Path(row["path"]).name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(row["path"], copy)
+        row["path"] = str(copy)
+    Path(rows[1]["path"]).write_bytes(b"fLaC" + b"\x00" * 4000)  # header intact, stream garbage
+    manifest = tmp_path / "clean.parquet"
+    write_manifest(rows, manifest, kind="speech")
+    cfg = load_synth_config(overrides={"shards.samples_per_shard": 2})
+    out = tmp_path / "run"
+    summary = run_synth(
+        **{**demo_inputs, "clean": str(manifest)}, out=str(out), cfg=cfg, seed=1, progress=False
+    )
+    index = json.loads((out / "index.json").read_text())
+    bad = [
+        r["key"] for r in pq.read_table(out / "plan.parquet").to_pylist() if r["source_id"] == rows[1]["id"]
+    ]
+    assert bad and [r["key"] for r in index["rejects"]] == bad and summary.rejects == len(bad)
+    assert all(rows[1]["path"] in r["reason"] for r in index["rejects"])
+    assert index["totals"]["samples"] == pq.read_table(out / "plan.parquet").num_rows - len(bad)
+    assert verify_shards(str(out)).ok
+    # rejects are part of the shard records: a rerun keeps everything and reports the same rejects
+    again = run_synth(
+        **{**demo_inputs, "clean": str(manifest)}, out=str(out), cfg=cfg, seed=1, progress=False
+    )
+    assert again.rendered == 0 and again.rejects == len(bad)
