@@ -56,7 +56,9 @@ def bench_hires(inputs: dict[str, str], workdir: Path, workers: int, samples_per
 
     cfg = load_synth_config(overrides={"shards.samples_per_shard": samples_per_shard})
     start = time.perf_counter()
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR"
+    )
     done: list[tuple[float, float]] = []  # (completion time, audio seconds) per shard
     try:
         summary = run_synth(

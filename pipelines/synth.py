@@ -540,9 +540,12 @@ def _init_ray(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
 
     started = False
     if not ray.is_initialized():
-        kwargs = {"include_dashboard": False} if address is None else {}
+        kwargs = {}
         if address is None:
-            kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+            # "local": always a fresh instance of the requested size; a bare ray.init() would attach to any
+            # cluster another program started on this host (/tmp/ray/ray_current_cluster)
+            address = "local"
+            kwargs = {"include_dashboard": False, "num_cpus": num_cpus or os.cpu_count() or 1}
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
         started = True
     total = float(ray.cluster_resources().get("CPU", 1.0))

@@ -38,7 +38,7 @@ def ray_session(_ray_state):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -58,7 +58,7 @@ def reference_run(tmp_path_factory, demo_inputs, _ray_state) -> Path:
     from pipelines.synth_config import load_synth_config
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     out = tmp_path_factory.mktemp("reference") / "run"
     cfg = load_synth_config(overrides={"shards.samples_per_shard": SAMPLES_PER_SHARD})
     run_synth(**demo_inputs, out=str(out), cfg=cfg, seed=SEED, progress=False)

@@ -3,7 +3,9 @@ the job still finishes and its output is byte-identical to the single-node refer
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 from synth_helpers import REPO, assert_same_run, subprocess_env, synth_argv, wait_for
@@ -17,9 +19,17 @@ def test_worker_node_killed_mid_job_output_identical_to_single_node(reference_ru
     # a process holds one Ray at a time: the cluster test runs without the shared local one
     if ray.is_initialized():
         ray.shutdown()
+    # own temp dir (short: it holds unix sockets): the head records itself there, not in
+    # /tmp/ray/ray_current_cluster where any bare ray.init() on this host would find and join it
+    temp_dir = tempfile.mkdtemp(prefix="hrc", dir="/tmp")
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 150 * 2**20},
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "object_store_memory": 150 * 2**20,
+            "temp_dir": temp_dir,
+        },
     )
     proc = None
     try:
@@ -49,3 +59,4 @@ def test_worker_node_killed_mid_job_output_identical_to_single_node(reference_ru
             proc.kill()
             proc.wait(timeout=30)
         cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
