@@ -534,6 +534,19 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on a ``host:port`` nobody listens on (Ray itself keeps retrying for minutes)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--address {address}: no Ray cluster answers there ({e})") from None
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
     """Connect to (or start) Ray; returns (whether we started it, CPUs the render may use)."""
     import ray
@@ -546,7 +559,12 @@ def _init_ray(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
             # cluster another program started on this host (/tmp/ray/ray_current_cluster)
             address = "local"
             kwargs = {"include_dashboard": False, "num_cpus": num_cpus or os.cpu_count() or 1}
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+        else:
+            _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+        except ConnectionError as e:
+            raise ValueError(f"--address {address}: cannot connect to a Ray cluster: {e}") from None
         started = True
     total = float(ray.cluster_resources().get("CPU", 1.0))
     return started, min(float(num_cpus), total) if num_cpus else total
@@ -568,16 +586,26 @@ def run_synth(
     """Plan and render a synthesis run into ``out`` (local path or URI); see the module docstring."""
     import ray
 
-    from datasets.manifest import read_manifest
-    from degradations import Banks, check_backends
+    from degradations import check_backends
 
     check_backends(cfg.chain)  # fail before planning if this host cannot render what the chain may draw
     out = str(out).rstrip("/") if is_uri(str(out)) else str(Path(out).resolve())
     manifests = {"clean": str(clean), "noise": str(noise), "rir": str(rir)}
     identity = _identity(cfg, seed, manifests)
     _check_existing(out, identity, force)
-    storage.makedirs(out)
+    started, cpus = _init_ray(address, num_cpus)  # before writing anything: an unreachable cluster fails fast
+    try:
+        return _plan_and_render(clean, noise, rir, out, cfg, seed, identity, cpus, progress, on_shard)
+    finally:
+        if started:
+            ray.shutdown()
 
+
+def _plan_and_render(clean, noise, rir, out, cfg, seed, identity, cpus, progress, on_shard) -> SynthSummary:
+    from datasets.manifest import read_manifest
+    from degradations import Banks
+
+    storage.makedirs(out)
     clean_df = read_manifest(clean, kind="speech")
     banks = Banks.from_manifests(noise, rir, sr=cfg.segment.sample_rate)
     table, plan_stats = make_plan(clean_df, cfg, seed, banks.catalog())
@@ -610,12 +638,7 @@ def run_synth(
         code_version=identity["code_version"],
     )
 
-    started, cpus = _init_ray(address, num_cpus)
-    try:
-        entries, wall = _render_all(specs, ctx, cfg, cpus, progress, on_shard)
-    finally:
-        if started:
-            ray.shutdown()
+    entries, wall = _render_all(specs, ctx, cfg, cpus, progress, on_shard)
     if not is_uri(out) and not storage.listdir(storage.join(out, "tmp")):
         storage.remove(storage.join(out, "tmp"))
 
