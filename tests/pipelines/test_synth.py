@@ -303,3 +303,25 @@ def test_undecodable_source_is_a_recorded_reject(demo_inputs, ray_session, tmp_p
         **{**demo_inputs, "clean": str(manifest)}, out=str(out), cfg=cfg, seed=1, progress=False
     )
     assert again.rendered == 0 and again.rejects == len(bad)
+
+
+def test_cli_unreachable_cluster_is_a_one_line_error_before_anything_is_written(
+    demo_inputs, tmp_path, capsys
+):
+    from synth_helpers import free_port
+
+    from pipelines.cli import main
+
+    out = tmp_path / "never"
+    argv = [
+        "synth",
+        "--clean",
+        demo_inputs["clean"],
+        "--noise",
+        demo_inputs["noise"],
+        "--rir",
+        demo_inputs["rir"],
+    ]
+    assert main([*argv, "--out", str(out), "--address", f"127.0.0.1:{free_port()}"]) == 2
+    assert "no Ray cluster answers there" in capsys.readouterr().err
+    assert not out.exists()
