@@ -325,3 +325,15 @@ def test_cli_unreachable_cluster_is_a_one_line_error_before_anything_is_written(
     assert main([*argv, "--out", str(out), "--address", f"127.0.0.1:{free_port()}"]) == 2
     assert "no Ray cluster answers there" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_shipped_yaml_equals_the_model_defaults():
+    from pipelines.synth_config import SynthConfig, output_sha256
+
+    shipped, defaults = load_synth_config(), SynthConfig()
+    for section in ("segment", "shards", "ray"):
+        assert getattr(shipped, section) == getattr(defaults, section), section
+    # execution settings never enter the output identity
+    faster = load_synth_config(overrides={"ray.cpus_per_task": 2.0})
+    assert output_sha256(faster) == output_sha256(shipped)
+    assert output_sha256(load_synth_config(overrides={"segment.tail": "drop"})) != output_sha256(shipped)
