@@ -552,6 +552,8 @@ def _init_ray(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
     import ray
 
     started = False
+    if ray.is_initialized() and address not in (None, "auto"):
+        log.warning("Ray is already initialised in this process: its cluster is used, not %s", address)
     if not ray.is_initialized():
         kwargs = {}
         if address is None:

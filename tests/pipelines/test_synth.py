@@ -308,10 +308,13 @@ def test_undecodable_source_is_a_recorded_reject(demo_inputs, ray_session, tmp_p
 def test_cli_unreachable_cluster_is_a_one_line_error_before_anything_is_written(
     demo_inputs, tmp_path, capsys
 ):
+    import ray
     from synth_helpers import free_port
 
     from pipelines.cli import main
 
+    if ray.is_initialized():  # as in a fresh `hires` process: an initialised Ray would be used as it is
+        ray.shutdown()
     out = tmp_path / "never"
     argv = [
         "synth",
