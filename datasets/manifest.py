@@ -106,11 +106,12 @@ def write_manifest(rows: Iterable[dict], path: str | Path, kind: str) -> pa.Tabl
 
 def read_manifest(path: str | Path, kind: str | None = None):
     """Read a manifest as a pandas DataFrame, checking the required columns (and the kind, when given)."""
-    from datasets.audio import open_binary
+    from datasets.audio import read_bytes
 
     try:
-        with open_binary(path) as f:
-            table = pq.read_table(f)
+        # whole file in memory, single-threaded: pyarrow reading from a Python file object with its thread pool
+        # can abort the interpreter at exit
+        table = pq.read_table(pa.BufferReader(read_bytes(path)), use_threads=False)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: manifest not found") from None
     except Exception as e:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from datasets.manifest import read_manifest
+
 DEFAULT_CACHE_BYTES = 384 * 1024 * 1024
 CACHE_ENV = "HIRES_BANK_CACHE_MB"  # per-process cache size override, e.g. set through a Ray runtime_env
 
@@ -96,18 +98,6 @@ def audio_cache() -> _ByteLRU:
     return _CACHE
 
 
-def _read_manifest(path: str | Path):
-    try:  # the project's reader validates the schema; fall back to plain pyarrow where it is not available
-        from datasets.manifest import read_manifest
-    except ImportError:  # pragma: no cover - depends on the checkout
-        read_manifest = None
-    if read_manifest is not None:
-        return read_manifest(path)
-    import pyarrow.parquet as pq
-
-    return pq.read_table(str(path)).to_pandas()
-
-
 def _finite_or_none(value: Any) -> float | None:
     try:
         v = float(value)
@@ -117,7 +107,7 @@ def _finite_or_none(value: Any) -> float | None:
 
 
 def _entries_from_manifest(path: str | Path, kind: str, split: str | None) -> dict[str, BankEntry]:
-    df = _read_manifest(path)
+    df = read_manifest(path)
     for column in ("id", "path", "sample_rate", "frames"):
         if column not in df.columns:
             raise ValueError(f"{path}: {kind} manifest has no column {column!r}")
