@@ -39,12 +39,24 @@ def main() -> None:
             res = scan([root], cfg=ScanConfig(verify=mode), progress=False)
             wall = time.perf_counter() - t
             assert len(res.rows) == args.files
-            results[mode] = {"files_per_s": round(args.files / wall, 1),
-                             "audio_x_realtime": round(args.files * args.seconds / wall, 1),
-                             "minutes_for_500k_files": round(500_000 / (args.files / wall) / 60, 1)}
-    print(json.dumps({"benchmark": "corpus_scan", "files": args.files, "seconds_per_file": args.seconds,
-                      "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-                      "results": results}, indent=1))
+            results[mode] = {
+                "files_per_s": round(args.files / wall, 1),
+                "audio_x_realtime": round(args.files * args.seconds / wall, 1),
+                "minutes_for_500k_files": round(500_000 / (args.files / wall) / 60, 1),
+            }
+    print(
+        json.dumps(
+            {
+                "benchmark": "corpus_scan",
+                "files": args.files,
+                "seconds_per_file": args.seconds,
+                "cpus": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

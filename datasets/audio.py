@@ -21,7 +21,19 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf", ".opus"}
+SOUNDFILE_EXTENSIONS = {
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".mp3",
+    ".aiff",
+    ".aif",
+    ".au",
+    ".w64",
+    ".caf",
+    ".opus",
+}
 FFMPEG_EXTENSIONS = {".m4a", ".mp4", ".aac", ".webm", ".mka", ".wma", ".amr", ".ac3"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
@@ -85,7 +97,9 @@ def audio_info(path: str | Path) -> AudioInfo:
     try:
         if _needs_ffmpeg(path):
             x, sr = _ffmpeg_decode(path, mono=False)
-            return AudioInfo(sr, x.shape[1] if x.ndim == 2 else 1, x.shape[0], _suffix(path)[1:].upper(), "ffmpeg")
+            return AudioInfo(
+                sr, x.shape[1] if x.ndim == 2 else 1, x.shape[0], _suffix(path)[1:].upper(), "ffmpeg"
+            )
         if is_uri(path):
             with open_binary(path) as f:
                 info = sf.info(io.BytesIO(f.read()))
@@ -108,17 +122,34 @@ def _ffmpeg_decode(path: str | Path, mono: bool) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: decoding {_suffix(path)} needs the ffmpeg binary, which is not installed")
     data = read_bytes(path)
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
-         "-of", "csv=p=0", "-i", "pipe:0"],
-        input=data, capture_output=True, check=False,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=sample_rate,channels",
+            "-of",
+            "csv=p=0",
+            "-i",
+            "pipe:0",
+        ],
+        input=data,
+        capture_output=True,
+        check=False,
     )
     fields = probe.stdout.decode().strip().split(",")
     if probe.returncode != 0 or len(fields) < 2:
-        raise AudioError(f"{path}: ffmpeg cannot read an audio stream: {probe.stderr.decode().strip()[-200:]}")
+        raise AudioError(
+            f"{path}: ffmpeg cannot read an audio stream: {probe.stderr.decode().strip()[-200:]}"
+        )
     sr, channels = int(fields[0]), int(fields[1])
     out = subprocess.run(
         ["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"],
-        input=data, capture_output=True, check=False,
+        input=data,
+        capture_output=True,
+        check=False,
     )
     if out.returncode != 0:
         raise AudioError(f"{path}: ffmpeg decode failed: {out.stderr.decode().strip()[-200:]}")
@@ -188,7 +219,9 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     return x, int(sr)
 
 
-def write_audio(path: str | Path, x: np.ndarray, sr: int, format: str = "FLAC", subtype: str = "PCM_24") -> None:
+def write_audio(
+    path: str | Path, x: np.ndarray, sr: int, format: str = "FLAC", subtype: str = "PCM_24"
+) -> None:
     """Write samples to a local path or URI (atomically for local paths: temp name, then rename)."""
     data = encode_audio(x, sr, format=format, subtype=subtype)
     if is_uri(path):

@@ -58,7 +58,9 @@ def rir_metrics(rir: np.ndarray, sr: int) -> dict[str, float]:
     }
 
 
-def simulate_rir(rng: np.random.Generator, sr: int = SAMPLE_RATE, rt60_range=(0.2, 1.3)) -> tuple[np.ndarray, dict]:
+def simulate_rir(
+    rng: np.random.Generator, sr: int = SAMPLE_RATE, rt60_range=(0.2, 1.3)
+) -> tuple[np.ndarray, dict]:
     """One shoebox room response; returns ``(rir, room description)``."""
     import pyroomacoustics as pra
 
@@ -80,8 +82,9 @@ def simulate_rir(rng: np.random.Generator, sr: int = SAMPLE_RATE, rt60_range=(0.
     # Sabine's formula is off in long, flat rooms (flutter between close walls): correct the absorption from
     # the measured decay, at most twice, so the bank covers the requested RT60 range.
     for _ in range(3):
-        room = pra.ShoeBox(dims, fs=sr, materials=pra.Material(float(absorption)), max_order=max_order,
-                           air_absorption=True)
+        room = pra.ShoeBox(
+            dims, fs=sr, materials=pra.Material(float(absorption)), max_order=max_order, air_absorption=True
+        )
         room.add_source(src.tolist())
         room.add_microphone(mic.tolist())
         room.compute_rir()
@@ -91,8 +94,14 @@ def simulate_rir(rng: np.random.Generator, sr: int = SAMPLE_RATE, rt60_range=(0.
             break
         absorption = float(np.clip(absorption * measured / target, 0.01, 0.99))
     rir = rir / np.abs(rir).max() * 0.9
-    desc = {"room_dims": dims.round(3).tolist(), "target_rt60": round(target, 4), "absorption": float(absorption),
-            "max_order": max_order, "measured_rt60": float(measured), "distance_m": float(np.linalg.norm(src - mic))}
+    desc = {
+        "room_dims": dims.round(3).tolist(),
+        "target_rt60": round(target, 4),
+        "absorption": float(absorption),
+        "max_order": max_order,
+        "measured_rt60": float(measured),
+        "distance_m": float(np.linalg.norm(src - mic)),
+    }
     return rir.astype(np.float32), desc
 
 
@@ -178,7 +187,11 @@ def make_noise(kind: str, seconds: float, rng: np.random.Generator, sr: int = SA
 
 
 def make_noise_bank(
-    out_dir: str | Path, minutes: float = 2.0, seed: int = 0, clip_seconds: float = 10.0, progress: bool = True
+    out_dir: str | Path,
+    minutes: float = 2.0,
+    seed: int = 0,
+    clip_seconds: float = 10.0,
+    progress: bool = True,
 ) -> Path:
     """Write about ``minutes`` of noise, evenly over :data:`NOISE_TYPES`, as ``out_dir/<type>/<type>_NNN.flac``."""
     from tqdm import tqdm

@@ -44,7 +44,14 @@ VOWELS = {
 }
 FORMANT_BANDWIDTHS = (80, 100, 140, 200, 300)
 # (low, high) band edges of fricatives in Hz; None = plosive burst
-CONSONANTS = {"s": (4000, 16000), "sh": (2000, 7000), "f": (1500, 22000), "h": (600, 6000), "p": None, "t": None}
+CONSONANTS = {
+    "s": (4000, 16000),
+    "sh": (2000, 7000),
+    "f": (1500, 22000),
+    "h": (600, 6000),
+    "p": None,
+    "t": None,
+}
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,9 @@ def _consonant(kind: str, n: int, rng: np.random.Generator, sr: int) -> np.ndarr
     return 0.25 * signal.sosfilt(sos, noise) * _envelope(n, int(0.015 * sr), int(0.02 * sr))
 
 
-def synthesize_utterance(spk: Speaker, seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+def synthesize_utterance(
+    spk: Speaker, seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE
+) -> np.ndarray:
     """About ``seconds`` of speech-like audio for one speaker, peak-normalised to a random level."""
     total = int(seconds * sr)
     out = np.zeros(total + sr, dtype=np.float64)
@@ -166,7 +175,9 @@ def _espeak_utterances(out_dir: Path, seed: int) -> list[Path]:
     """A few espeak-ng voices resampled to 48 kHz (only when the binary exists)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise FileNotFoundError("espeak-ng is not installed: install it (apt-get install espeak-ng) or drop --espeak")
+        raise FileNotFoundError(
+            "espeak-ng is not installed: install it (apt-get install espeak-ng) or drop --espeak"
+        )
     sentences = [
         "The quick brown fox jumps over the lazy dog.",
         "Speech restoration brings old recordings back to studio quality.",
@@ -180,11 +191,16 @@ def _espeak_utterances(out_dir: Path, seed: int) -> list[Path]:
         for s, text in enumerate(sentences):
             with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
                 pitch = 40 + (stable_hash(f"{seed}/{voice}/{s}") % 30)
-                subprocess.run([exe, "-v", voice, "-p", str(pitch), "-w", tmp.name, text], check=True,
-                               capture_output=True)
+                subprocess.run(
+                    [exe, "-v", voice, "-p", str(pitch), "-w", tmp.name, text],
+                    check=True,
+                    capture_output=True,
+                )
                 x, sr = read_audio(tmp.name)
             path = spk_dir / f"espeak{v:02d}_utt{s:04d}.flac"
-            write_audio(path, resample(x, sr, SAMPLE_RATE) * 0.8 / max(1e-6, float(np.abs(x).max())), SAMPLE_RATE)
+            write_audio(
+                path, resample(x, sr, SAMPLE_RATE) * 0.8 / max(1e-6, float(np.abs(x).max())), SAMPLE_RATE
+            )
             written.append(path)
     return written
 

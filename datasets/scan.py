@@ -56,8 +56,12 @@ class ScanConfig(StrictModel):
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> ScanConfig:
-        if any(r < 0 for r in self.split_ratios) or not math.isclose(sum(self.split_ratios), 1.0, abs_tol=1e-6):
-            raise ValueError(f"split_ratios must be three non-negative numbers summing to 1, got {self.split_ratios}")
+        if any(r < 0 for r in self.split_ratios) or not math.isclose(
+            sum(self.split_ratios), 1.0, abs_tol=1e-6
+        ):
+            raise ValueError(
+                f"split_ratios must be three non-negative numbers summing to 1, got {self.split_ratios}"
+            )
         return self
 
 

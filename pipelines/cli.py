@@ -28,8 +28,15 @@ class UsageError(Exception):
     """A problem the user can fix: reported as one line, exit code 2."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ConfigError, FileNotFoundError, PermissionError,
-                                                 NotADirectoryError, FileExistsError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError,
+    ConfigError,
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+    FileExistsError,
+    ValueError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

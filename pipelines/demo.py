@@ -59,7 +59,9 @@ class DemoResult:
         return lines
 
 
-def run_demo(out: str | Path, cfg: DemoConfig, num_cpus: int | None = None, progress: bool = True) -> DemoResult:
+def run_demo(
+    out: str | Path, cfg: DemoConfig, num_cpus: int | None = None, progress: bool = True
+) -> DemoResult:
     from datasets.banks import make_noise_bank, make_rir_bank
     from datasets.demo import make_demo_corpus
     from datasets.manifest import read_manifest
@@ -70,28 +72,47 @@ def run_demo(out: str | Path, cfg: DemoConfig, num_cpus: int | None = None, prog
     result = DemoResult(out=out)
 
     t = time.perf_counter()
-    clean = make_demo_corpus(out / "corpus", minutes=cfg.corpus.minutes, seed=cfg.seed,
-                             speakers=cfg.corpus.speakers, progress=progress)
+    clean = make_demo_corpus(
+        out / "corpus",
+        minutes=cfg.corpus.minutes,
+        seed=cfg.seed,
+        speakers=cfg.corpus.speakers,
+        progress=progress,
+    )
     df = read_manifest(clean)
-    result.steps["corpus"] = {"path": str(clean), "files": len(df), "speakers": int(df.speaker.nunique()),
-                              "minutes": round(float(df.duration_s.sum()) / 60, 2),
-                              "seconds_taken": round(time.perf_counter() - t, 1)}
+    result.steps["corpus"] = {
+        "path": str(clean),
+        "files": len(df),
+        "speakers": int(df.speaker.nunique()),
+        "minutes": round(float(df.duration_s.sum()) / 60, 2),
+        "seconds_taken": round(time.perf_counter() - t, 1),
+    }
 
     t = time.perf_counter()
-    noise = make_noise_bank(out / "banks" / "noise", minutes=cfg.noise.minutes, seed=cfg.seed, progress=progress)
+    noise = make_noise_bank(
+        out / "banks" / "noise", minutes=cfg.noise.minutes, seed=cfg.seed, progress=progress
+    )
     df = read_manifest(noise)
-    result.steps["noise"] = {"path": str(noise), "files": len(df), "types": int(df.noise_type.nunique()),
-                             "seconds_taken": round(time.perf_counter() - t, 1)}
+    result.steps["noise"] = {
+        "path": str(noise),
+        "files": len(df),
+        "types": int(df.noise_type.nunique()),
+        "seconds_taken": round(time.perf_counter() - t, 1),
+    }
 
     t = time.perf_counter()
     rir = make_rir_bank(out / "banks" / "rir", count=cfg.rir.count, seed=cfg.seed, progress=progress)
     df = read_manifest(rir)
-    result.steps["rir"] = {"path": str(rir), "rooms": len(df),
-                           "rt60_s": f"{df.rt60.min():.2f}-{df.rt60.max():.2f}",
-                           "seconds_taken": round(time.perf_counter() - t, 1)}
+    result.steps["rir"] = {
+        "path": str(rir),
+        "rooms": len(df),
+        "rt60_s": f"{df.rt60.min():.2f}-{df.rt60.max():.2f}",
+        "seconds_taken": round(time.perf_counter() - t, 1),
+    }
 
-    synth_cfg = load_synth_config(CONFIG_ROOT / cfg.synth.config,
-                                  {"shards.samples_per_shard": cfg.synth.samples_per_shard})
+    synth_cfg = load_synth_config(
+        CONFIG_ROOT / cfg.synth.config, {"shards.samples_per_shard": cfg.synth.samples_per_shard}
+    )
     args = (str(clean), str(noise), str(rir), str(out / "shards"), synth_cfg)
     try:
         summary = run_synth(*args, seed=cfg.seed, num_cpus=num_cpus, progress=progress)
@@ -99,9 +120,13 @@ def run_demo(out: str | Path, cfg: DemoConfig, num_cpus: int | None = None, prog
         # the demo folder is disposable: after a code or config change, render it anew instead of failing
         log.warning("%s; rendering the demo shards again", str(e).split(";")[0])
         summary = run_synth(*args, seed=cfg.seed, num_cpus=num_cpus, progress=progress, force=True)
-    result.steps["synth"] = {"path": str(out / "shards" / "index.json"), "shards": summary.shards,
-                             "samples": summary.samples, "hours": round(summary.hours, 4),
-                             "x_realtime_per_core": round(summary.x_realtime_per_core, 1)}
+    result.steps["synth"] = {
+        "path": str(out / "shards" / "index.json"),
+        "shards": summary.shards,
+        "samples": summary.samples,
+        "hours": round(summary.hours, 4),
+        "x_realtime_per_core": round(summary.x_realtime_per_core, 1),
+    }
     return result
 
 

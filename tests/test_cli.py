@@ -53,14 +53,28 @@ def test_bad_config_names_file_and_field(tmp_path, capsys):
 
 
 def test_flags_override_file_and_print_config(tmp_path, capsys):
-    rc = main(["corpus", "scan", str(tmp_path), "--out", str(tmp_path / "m.parquet"), "--verify", "header",
-               "--min-sample-rate", "8000", "--print-config"])
+    rc = main(
+        [
+            "corpus",
+            "scan",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "m.parquet"),
+            "--verify",
+            "header",
+            "--min-sample-rate",
+            "8000",
+            "--print-config",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "verify: header" in out and "speech: 8000" in out
 
 
 def test_python_dash_m_pipelines_is_the_same_cli():
-    out = subprocess.run([sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True, check=True
+    )
     assert "corpus" in out.stdout
 
 

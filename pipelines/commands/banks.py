@@ -12,9 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     banks.set_defaults(_parser=banks)
     bsub = banks.add_subparsers(dest="banks_command", metavar="COMMAND")
 
-    rir = bsub.add_parser("rir", help="simulate shoebox-room impulse responses (pyroomacoustics, 48 kHz)",
-                          description="Image-source simulation of random shoebox rooms aimed at RT60 0.2-1.3 s; "
-                          "the manifest records the measured rt60, drr and c50 of every response.")
+    rir = bsub.add_parser(
+        "rir",
+        help="simulate shoebox-room impulse responses (pyroomacoustics, 48 kHz)",
+        description="Image-source simulation of random shoebox rooms aimed at RT60 0.2-1.3 s; "
+        "the manifest records the measured rt60, drr and c50 of every response.",
+    )
     rir.add_argument("--out", required=True, type=Path)
     rir.add_argument("--count", type=int, default=50, help="number of rooms (default 50)")
     rir.add_argument("--seed", type=int, default=0)
@@ -32,8 +35,16 @@ def run_rir(args: argparse.Namespace) -> int:
     from datasets.manifest import read_manifest
 
     df = read_manifest(make_rir_bank(args.out, count=args.count, seed=args.seed, progress=not args.quiet))
-    print(json.dumps({"manifest": str(args.out / "manifest.parquet"), "rirs": len(df),
-                      "rt60_s": [round(float(df.rt60.min()), 3), round(float(df.rt60.max()), 3)]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "manifest": str(args.out / "manifest.parquet"),
+                "rirs": len(df),
+                "rt60_s": [round(float(df.rt60.min()), 3), round(float(df.rt60.max()), 3)],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -41,8 +52,18 @@ def run_noise(args: argparse.Namespace) -> int:
     from datasets.banks import make_noise_bank
     from datasets.manifest import read_manifest
 
-    df = read_manifest(make_noise_bank(args.out, minutes=args.minutes, seed=args.seed, progress=not args.quiet))
-    print(json.dumps({"manifest": str(args.out / "manifest.parquet"), "files": len(df),
-                      "minutes": round(float(df.duration_s.sum()) / 60, 2),
-                      "types": sorted(df.noise_type.unique().tolist())}, indent=2))
+    df = read_manifest(
+        make_noise_bank(args.out, minutes=args.minutes, seed=args.seed, progress=not args.quiet)
+    )
+    print(
+        json.dumps(
+            {
+                "manifest": str(args.out / "manifest.parquet"),
+                "files": len(df),
+                "minutes": round(float(df.duration_s.sum()) / 60, 2),
+                "types": sorted(df.noise_type.unique().tolist()),
+            },
+            indent=2,
+        )
+    )
     return 0

@@ -23,9 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     corpus.set_defaults(_parser=corpus)
     csub = corpus.add_subparsers(dest="corpus_command", metavar="COMMAND")
 
-    scan = csub.add_parser("scan", help="scan folders of audio into a Parquet manifest + rejects.jsonl",
-                           description="Walk ROOTs, check every audio file and write the manifest. Rejected "
-                           "files are listed with their reason in rejects.jsonl beside the manifest.")
+    scan = csub.add_parser(
+        "scan",
+        help="scan folders of audio into a Parquet manifest + rejects.jsonl",
+        description="Walk ROOTs, check every audio file and write the manifest. Rejected "
+        "files are listed with their reason in rejects.jsonl beside the manifest.",
+    )
     scan.add_argument("roots", nargs="+", metavar="ROOT", help="folders (or single files) to scan")
     scan.add_argument("--out", required=True, type=Path, help="manifest path (.parquet)")
     scan.add_argument("--name", help="corpus name (default: detected layout or the root folder's name)")
@@ -36,9 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(scan, DEFAULT_CONFIG)
     scan.set_defaults(func=run_scan)
 
-    demo = csub.add_parser("demo", help="write the deterministic synthetic demo corpus (48 kHz FLAC)",
-                           description="Synthetic speech-like audio for tests and the demo. Real training "
-                           "uses real corpora (VCTK, EARS, HiFi-TTS ...) scanned with `hires corpus scan`.")
+    demo = csub.add_parser(
+        "demo",
+        help="write the deterministic synthetic demo corpus (48 kHz FLAC)",
+        description="Synthetic speech-like audio for tests and the demo. Real training "
+        "uses real corpora (VCTK, EARS, HiFi-TTS ...) scanned with `hires corpus scan`.",
+    )
     demo.add_argument("--out", required=True, type=Path, help="output folder")
     demo.add_argument("--minutes", type=float, default=5.0, help="total audio (default 5)")
     demo.add_argument("--seed", type=int, default=0)
@@ -57,9 +63,14 @@ def run_scan(args: argparse.Namespace) -> int:
         return 0
     if args.out.suffix != ".parquet":
         raise ValueError(f"--out {args.out}: manifest must be a .parquet file")
-    result = scan_to_manifest(args.roots, args.out, kind=args.kind, name=args.name, cfg=cfg,
-                              progress=not args.quiet)
-    summary = {"manifest": str(args.out), "rejects": str(args.out.parent / "rejects.jsonl"), **result.summary()}
+    result = scan_to_manifest(
+        args.roots, args.out, kind=args.kind, name=args.name, cfg=cfg, progress=not args.quiet
+    )
+    summary = {
+        "manifest": str(args.out),
+        "rejects": str(args.out.parent / "rejects.jsonl"),
+        **result.summary(),
+    }
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -68,9 +79,24 @@ def run_demo(args: argparse.Namespace) -> int:
     from datasets.demo import make_demo_corpus
     from datasets.manifest import read_manifest
 
-    manifest = make_demo_corpus(args.out, minutes=args.minutes, seed=args.seed, speakers=args.speakers,
-                                espeak=args.espeak, progress=not args.quiet)
+    manifest = make_demo_corpus(
+        args.out,
+        minutes=args.minutes,
+        seed=args.seed,
+        speakers=args.speakers,
+        espeak=args.espeak,
+        progress=not args.quiet,
+    )
     df = read_manifest(manifest)
-    print(json.dumps({"manifest": str(manifest), "files": len(df), "speakers": int(df["speaker"].nunique()),
-                      "hours": round(float(df["duration_s"].sum()) / 3600, 4)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "manifest": str(manifest),
+                "files": len(df),
+                "speakers": int(df["speaker"].nunique()),
+                "hours": round(float(df["duration_s"].sum()) / 3600, 4),
+            },
+            indent=2,
+        )
+    )
     return 0

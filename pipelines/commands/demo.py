@@ -9,9 +9,12 @@ from datasets.config import dump_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the main job end to end on generated data (embedded defaults)",
-                       description="Demo corpus -> noise and RIR banks -> manifests -> synthesis into "
-                       "WebDataset shards, all under --out. Deterministic for the seed; a rerun resumes.")
+    p = sub.add_parser(
+        "demo",
+        help="run the main job end to end on generated data (embedded defaults)",
+        description="Demo corpus -> noise and RIR banks -> manifests -> synthesis into "
+        "WebDataset shards, all under --out. Deterministic for the seed; a rerun resumes.",
+    )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--config", type=Path, help="demo YAML (default: configs/demo.yaml)")
     p.add_argument("--seed", type=int, help="override seed")

@@ -19,8 +19,15 @@ def sine(freq=1000.0, seconds=0.5, sr=SR):
     return (0.5 * np.sin(2 * np.pi * freq * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("ext", "fmt", "subtype"), [("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_24"),
-                                                     ("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize(
+    ("ext", "fmt", "subtype"),
+    [
+        ("wav", "WAV", "PCM_16"),
+        ("flac", "FLAC", "PCM_24"),
+        ("ogg", "OGG", "VORBIS"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ],
+)
 def test_soundfile_formats_round_trip(tmp_path, ext, fmt, subtype):
     path = tmp_path / f"a.{ext}"
     sf.write(path, sine(), SR, format=fmt, subtype=subtype)
@@ -60,7 +67,9 @@ def test_ffmpeg_containers(tmp_path, monkeypatch):
     sf.write(wav, sine(), SR)
     m4a = tmp_path / "a.m4a"
     if audio.ffmpeg_available():
-        subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "128k", str(m4a)], check=True)
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "128k", str(m4a)], check=True
+        )
         x, sr = read_audio(m4a)
         assert sr == SR and abs(len(x) - SR // 2) < 4096
     else:

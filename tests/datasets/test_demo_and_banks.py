@@ -98,7 +98,9 @@ def test_rir_metrics_of_a_known_decay():
 
 @pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
 def test_espeak_voices_are_added_at_48k(tmp_path):
-    df = read_manifest(make_demo_corpus(tmp_path, minutes=0.1, seed=0, speakers=2, espeak=True, progress=False))
+    df = read_manifest(
+        make_demo_corpus(tmp_path, minutes=0.1, seed=0, speakers=2, espeak=True, progress=False)
+    )
     espeak = df[df.speaker.str.startswith("espeak")]
     assert len(espeak) >= 4 and set(espeak.sample_rate) == {48000}
 

@@ -96,7 +96,9 @@ def test_every_file_is_accepted_or_rejected_with_its_reason(tree, tmp_path):
 
 def test_accepted_files_are_described_as_documented(tree, tmp_path):
     root, _ = tree
-    df = read_manifest(scan_to_manifest([root], tmp_path / "m.parquet", progress=False) and tmp_path / "m.parquet")
+    df = read_manifest(
+        scan_to_manifest([root], tmp_path / "m.parquet", progress=False) and tmp_path / "m.parquet"
+    )
     rows = {Path(p).name: r for p, r in zip(df.path, df.to_dict("records"), strict=True)}
     assert rows["stereo.wav"]["channels"] == 2
     assert rows["pcm24.wav"]["sample_rate"] == 44100
@@ -104,7 +106,9 @@ def test_accepted_files_are_described_as_documented(tree, tmp_path):
     assert rows["good.flac"]["duration_s"] == pytest.approx(0.5)
     assert set(df.speaker) == {"alice"}
     assert set(df.corpus) == {"corpus"}
-    assert all(set(i) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") for i in df.id)
+    assert all(
+        set(i) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") for i in df.id
+    )
     assert df.id.is_unique and list(df.id) == sorted(df.id)
 
 
@@ -155,7 +159,9 @@ def test_vctk_layout_end_to_end(tmp_path):
         d.mkdir(parents=True)
         for i in (1, 2):
             sf.write(d / f"{spk}_{i:03d}_mic1.flac", tone(), SR)
-    df = read_manifest(scan_to_manifest([root], tmp_path / "v.parquet", progress=False) and tmp_path / "v.parquet")
+    df = read_manifest(
+        scan_to_manifest([root], tmp_path / "v.parquet", progress=False) and tmp_path / "v.parquet"
+    )
     assert set(df.corpus) == {"vctk"} and sorted(set(df.speaker)) == ["p225", "p226"]
     for spk in ("p225", "p226"):
         assert df[df.speaker == spk].split.nunique() == 1  # a speaker never straddles splits
@@ -167,7 +173,12 @@ def test_config_errors_name_the_file_and_field(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(ScanConfig, bad, section="scan")
     msg = str(e.value)
-    assert str(bad) in msg and "verify" in msg and "min_sample_rate.speech" in msg and "bogus: unknown key" in msg
+    assert (
+        str(bad) in msg
+        and "verify" in msg
+        and "min_sample_rate.speech" in msg
+        and "bogus: unknown key" in msg
+    )
     ratios = tmp_path / "r.yaml"
     ratios.write_text("scan:\n  split_ratios: [0.5, 0.2, 0.2]\n")
     with pytest.raises(ConfigError, match="split_ratios"):
