@@ -31,7 +31,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-def _format_validation_error(source: str, err: ValidationError) -> str:
+def format_validation_error(source: str, err: ValidationError) -> str:
     problems = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -94,7 +94,7 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(source, e)) from None
+        raise ConfigError(format_validation_error(source, e)) from None
 
 
 def config_sha256(cfg: BaseModel) -> str:

@@ -174,6 +174,19 @@ class HiFiGANGenerator(nn.Module):
 Outputs = list[tuple[torch.Tensor, list[torch.Tensor]]]
 
 
+def _conv_stack(
+    convs: nn.ModuleList, conv_post: nn.Module, h: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv stack of a discriminator: (flattened logits, every layer's output for feature matching)."""
+    features = []
+    for conv in convs:
+        h = F.leaky_relu(conv(h), LRELU_SLOPE)
+        features.append(h)
+    h = conv_post(h)
+    features.append(h)
+    return h.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """Folds the waveform into ``(frames, period)`` and applies 2-D convolutions along time (HiFi-GAN MPD)."""
 
@@ -196,13 +209,7 @@ class PeriodDiscriminator(nn.Module):
         if t % self.period:
             wave = F.pad(wave, (0, self.period - t % self.period), mode="reflect")
         x = wave.reshape(b, 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -240,13 +247,7 @@ class ResolutionDiscriminator(nn.Module):
         )
         mag = torch.sqrt(spec.real.square() + spec.imag.square() + 1e-9)
         h = mag.transpose(1, 2)[:, None].to(wave.dtype)  # (batch, 1, frames, freq)
-        features = []
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), LRELU_SLOPE)
-            features.append(h)
-        h = self.conv_post(h)
-        features.append(h)
-        return h.flatten(1), features
+        return _conv_stack(self.convs, self.conv_post, h)
 
 
 class VocoderDiscriminator(nn.Module):

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from torch import nn
 
-from datasets.config import ConfigError, StrictModel, _format_validation_error
+from datasets.config import ConfigError, StrictModel, format_validation_error
 
 STAGES = ("recovery", "autoencoder", "vocoder", "ldm")
 
@@ -90,7 +90,7 @@ def _model_config(cfg: Any) -> StrictModel:
         try:
             return config_class(str(cfg["name"])).model_validate(dict(cfg))
         except ValidationError as e:
-            raise ConfigError(_format_validation_error("<model>", e)) from None
+            raise ConfigError(format_validation_error("<model>", e)) from None
     raise TypeError(f"build() takes a stage config, a network config or a mapping, got {type(cfg).__name__}")
 
 
