@@ -114,7 +114,7 @@ def library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "libsndfile": soundfile.__libsndfile_version__,
     }
-    for name in ("scipy", "soxr", "pyarrow"):
+    for name in ("scipy", "soxr", "pyarrow", "av", "fast-mp3-augment", "audiomentations", "soundfile"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
