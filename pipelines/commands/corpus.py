@@ -9,13 +9,9 @@ from pathlib import Path
 from datasets.config import CONFIG_ROOT, dump_config, load_config
 from datasets.manifest import KINDS
 from datasets.scan import ScanConfig, scan_to_manifest
+from pipelines.commands import add_config_args
 
 DEFAULT_CONFIG = CONFIG_ROOT / "corpus.yaml"
-
-
-def add_config_args(p: argparse.ArgumentParser, default: Path) -> None:
-    p.add_argument("--config", type=Path, default=default, help=f"YAML config (default: {default.name})")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

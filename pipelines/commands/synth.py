@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import yaml
 
 from datasets.config import CONFIG_ROOT, dump_config
+from pipelines.commands import add_config_args
 
 DEFAULT_CONFIG = CONFIG_ROOT / "synth" / "default.yaml"
 
@@ -33,9 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", required=True, help="noise bank manifest (.parquet)")
     p.add_argument("--rir", required=True, help="RIR bank manifest (.parquet)")
     p.add_argument("--out", required=True, help="output directory or s3://bucket/prefix")
-    p.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG.name})"
-    )
+    add_config_args(p, DEFAULT_CONFIG)
     p.add_argument(
         "--seed", type=int, default=0, help="corpus seed: sample parameters depend on (seed, key) only"
     )
@@ -58,7 +56,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace an existing run made with another config, seed, input or code version",
     )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 
 
