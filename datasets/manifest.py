@@ -104,14 +104,21 @@ def write_manifest(rows: Iterable[dict], path: str | Path, kind: str) -> pa.Tabl
     return table
 
 
-def read_manifest(path: str | Path, kind: str | None = None):
-    """Read a manifest as a pandas DataFrame, checking the required columns (and the kind, when given)."""
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A whole (small) Parquet table from a local path or URI.
+
+    Read from an in-memory buffer without Arrow's thread pool: pyarrow 25 can abort the interpreter at exit
+    ("terminate called without an active exception") after a threaded read from a Python file object.
+    """
     from datasets.audio import read_bytes
 
+    return pq.read_table(pa.BufferReader(read_bytes(path)), columns=columns, use_threads=False)
+
+
+def read_manifest(path: str | Path, kind: str | None = None):
+    """Read a manifest as a pandas DataFrame, checking the required columns (and the kind, when given)."""
     try:
-        # whole file in memory, single-threaded: pyarrow reading from a Python file object with its thread pool
-        # can abort the interpreter at exit
-        table = pq.read_table(pa.BufferReader(read_bytes(path)), use_threads=False)
+        table = read_parquet(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: manifest not found") from None
     except Exception as e:
@@ -134,14 +141,3 @@ def write_rejects(rejects: Iterable[dict], path: str | Path) -> int:
         for r in rejects:
             f.write(json.dumps({"path": r["path"], "reason": r["reason"]}) + "\n")
     return len(rejects)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a local file or URI (manifests are hashed into shard indexes)."""
-    from datasets.audio import open_binary
-
-    h = hashlib.sha256()
-    with open_binary(path) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.audio import decode_audio, is_uri, write_audio
+from datasets.manifest import read_parquet
 from pipelines import storage
 
 MEMBER_SUFFIXES = ("clean.flac", "degraded.flac", "json")
@@ -150,7 +151,7 @@ def verify_shards(
         report.problems.append("duplicate sample keys across shards")
     plan_path = storage.join(run_dir, "plan.parquet")
     if storage.exists(plan_path):
-        planned = set(storage.read_parquet(plan_path, columns=["key"]).column("key").to_pylist())
+        planned = set(read_parquet(plan_path, columns=["key"]).column("key").to_pylist())
         rejected = {r["key"] for r in index.get("rejects", [])}
         if planned - rejected != set(all_keys):
             lost = sorted(planned - rejected - set(all_keys))
@@ -181,7 +182,7 @@ def find_sample(run_dir: str, key: str) -> Sample:
 
         from pipelines.synth import shard_name
 
-        table = storage.read_parquet(plan_path, columns=["key", "shard"])
+        table = read_parquet(plan_path, columns=["key", "shard"])
         hit = table.filter(pc.equal(table.column("key"), key))
         if hit.num_rows:
             names = [shard_name(hit.column("shard")[0].as_py())]

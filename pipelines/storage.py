@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from datasets.audio import is_uri
+from datasets.audio import is_uri, open_binary
+from datasets.audio import read_bytes as read_bytes  # re-exported: the read side of this API
 
 CHUNK = 1 << 20
 
@@ -55,19 +56,9 @@ def size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def read_bytes(path: str) -> bytes:
-    if is_uri(path):
-        fs, p = _fs(path)
-        return fs.cat_file(p)
-    return Path(path).read_bytes()
-
-
 def open_read(path: str) -> IO[bytes]:
     """A binary file object for reading (caller closes it)."""
-    if is_uri(path):
-        fs, p = _fs(path)
-        return fs.open(p, "rb")
-    return open(path, "rb")
+    return open_binary(path, "rb")
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -149,18 +140,6 @@ def makedirs(path: str) -> None:
     """Create a local directory (object stores have no directories: nothing to do)."""
     if not is_uri(path):
         os.makedirs(path, exist_ok=True)
-
-
-def read_parquet(path: str, columns: list[str] | None = None):
-    """A whole (small) Parquet table from a local path or URI.
-
-    Read from an in-memory buffer without Arrow's thread pool: pyarrow 25 can abort the interpreter at exit
-    ("terminate called without an active exception") after a threaded read from a Python file object.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return pq.read_table(pa.BufferReader(read_bytes(path)), columns=columns, use_threads=False)
 
 
 def iter_tar_members(path: str) -> Iterator[tuple[str, bytes]]:

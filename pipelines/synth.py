@@ -378,7 +378,7 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
 
     banks = _worker_banks(ctx.noise_manifest, ctx.rir_manifest, ctx.sample_rate)
     with storage.open_read(ctx.plan_path) as f:
-        # only this shard's row group is read; no Arrow threads (see storage.read_parquet)
+        # only this shard's row group is read; no Arrow threads (see datasets.manifest.read_parquet)
         rows = pq.ParquetFile(f).read_row_group(int(spec["shard"]), use_threads=False).to_pylist()
     if not rows or rows[0]["shard"] != spec["shard"]:
         raise RuntimeError(f"{ctx.plan_path}: row group {spec['shard']} does not hold shard {name}")
