@@ -76,30 +76,17 @@ def load_stage_config(
 ) -> StageConfig:
     """Load and validate a stage config; ``path_or_name`` is a YAML path or a shipped name (``tiny``, ``paper``)."""
     path = resolve_stage_config_path(stage, path_or_name)
-    data = read_yaml(path)
-    model = data.get("model")
-    if not isinstance(model, dict) or "name" not in model:
-        raise ConfigError(
-            f"{path}: invalid config: model.name: missing (one of {', '.join(registry.names(stage))})"
-        )
-    network = str((overrides or {}).get("model.name") or model["name"])
-    cls = registry.network_class(network) if network in registry.names() else None
-    if cls is None:
-        raise ConfigError(
-            f"{path}: invalid config: model.name: unknown network {network!r}; registered for "
-            f"{stage}: {', '.join(registry.names(stage))}"
-        )
+    # the loader sets `stage` itself, so a file written for another stage must be caught before it is overridden
+    declared = read_yaml(path).get("stage", stage)
+    if declared != stage:
+        raise ConfigError(f"{path}: invalid config: stage: file is for {declared!r}, loaded as {stage!r}")
+    cfg = load_config(StageConfig, path, {"stage": stage, **(overrides or {})})
+    cls = registry.network_class(cfg.model.name)  # type: ignore[attr-defined]
     if cls.stage != stage:  # type: ignore[attr-defined]
         raise ConfigError(
-            f"{path}: invalid config: model.name: network {network!r} belongs to stage "
-            f"{cls.stage}, not {stage}"
-        )  # type: ignore[attr-defined]
-    all_overrides = {"stage": stage, **(overrides or {})}
-    if data.get("stage", stage) != stage:
-        raise ConfigError(
-            f"{path}: invalid config: stage: file is for {data['stage']!r}, loaded as {stage!r}"
+            f"{path}: invalid config: model.name: network {cfg.model.name!r} belongs to stage "  # type: ignore[attr-defined]
+            f"{cls.stage}, not {stage}"  # type: ignore[attr-defined]
         )
-    cfg = load_config(StageConfig, path, all_overrides)
     needed = STAGE_FEATURES[stage]
     if getattr(cfg.features, needed) is None:
         raise ConfigError(f"{path}: invalid config: features.{needed}: required for stage {stage}")
