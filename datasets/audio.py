@@ -117,10 +117,11 @@ def _short(e: BaseException) -> str:
     return text[-1] if text else type(e).__name__
 
 
-def _ffmpeg_decode(path: str | Path, mono: bool) -> tuple[np.ndarray, int]:
+def _ffmpeg_decode(path: str | Path, mono: bool, data: bytes | None = None) -> tuple[np.ndarray, int]:
     if not ffmpeg_available():
         raise AudioError(f"{path}: decoding {_suffix(path)} needs the ffmpeg binary, which is not installed")
-    data = read_bytes(path)
+    if data is None:
+        data = read_bytes(path)
     probe = subprocess.run(
         [
             "ffprobe",
@@ -169,17 +170,23 @@ def read_audio(
     mono: bool = True,
     start: int = 0,
     frames: int = -1,
+    data: bytes | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode ``frames`` samples from ``start`` (in the file's own rate), downmix, then resample to ``sr``.
 
-    Returns ``(samples, sample_rate)``; float32, 1-D when ``mono``.
+    ``data``, when given, is the file's content already in memory (``path`` then only names the file and its
+    format): callers that read several slices of one remote file fetch it once. Returns ``(samples,
+    sample_rate)``; float32, 1-D when ``mono``.
     """
     try:
         if _needs_ffmpeg(path):
-            x, file_sr = _ffmpeg_decode(path, mono=False)
+            x, file_sr = _ffmpeg_decode(path, mono=False, data=data)
             x = x[start : (start + frames if frames >= 0 else None)]
         else:
-            src = io.BytesIO(read_bytes(path)) if is_uri(path) else _local(path)
+            if data is not None:
+                src = io.BytesIO(data)
+            else:
+                src = io.BytesIO(read_bytes(path)) if is_uri(path) else _local(path)
             x, file_sr = sf.read(src, start=start, frames=frames, dtype="float32", always_2d=True)
     except AudioError:
         raise

@@ -339,18 +339,27 @@ def _kept_entry(ctx: RenderContext, name: str) -> dict | None:
     return entry if sha == entry["sha256"] else None
 
 
-def _read_source(row: dict, attempts: int = 4) -> tuple[np.ndarray, int]:
+def _read_source(row: dict, remote: dict, attempts: int = 4) -> tuple[np.ndarray, int]:
     """The sample's slice of its source. I/O errors (network, object store) are retried, then raised so the
     task fails and the rerun resumes: a transient error must never turn into a reject, which would make the
-    output depend on luck. Decoding errors are returned to the caller as :class:`AudioError` (a reject)."""
+    output depend on luck. Decoding errors are returned to the caller as :class:`AudioError` (a reject).
+
+    A remote (URI) source is fetched once and kept in ``remote`` while consecutive samples (the segments of one
+    utterance are adjacent in plan order) slice it; local sources are read slice by slice."""
+    path = row["path"]
     for attempt in range(attempts):
         try:
-            return read_audio(row["path"], start=row["offset"], frames=row["frames"])
-        except AudioError as e:
-            if not isinstance(e.__cause__, OSError):
+            if is_uri(path) and remote.get("path") != path:
+                remote.clear()
+                remote.update(path=path, data=storage.read_bytes(path))
+            data = remote["data"] if is_uri(path) else None
+            return read_audio(path, start=row["offset"], frames=row["frames"], data=data)
+        except (AudioError, OSError) as e:
+            io_error = isinstance(e, OSError) or isinstance(e.__cause__, OSError)
+            if not io_error:
                 raise
             if attempt == attempts - 1:
-                raise OSError(f"{row['path']}: cannot read the source of {row['key']}: {e}") from e
+                raise OSError(f"{path}: cannot read the source of {row['key']}: {e}") from e
             time.sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable")
 
@@ -387,6 +396,7 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
     os.makedirs(scratch_dir, exist_ok=True)
     scratch = Path(scratch_dir, f"{name}.{uuid.uuid4().hex}.partial")
     rejects: list[dict] = []
+    remote: dict = {}  # the current remote source's bytes (see _read_source)
     samples = 0
     try:
         with open(scratch, "wb") as raw:
@@ -394,7 +404,7 @@ def render_shard(spec: dict, ctx: RenderContext) -> dict:
             with tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tar:
                 for row in rows:
                     try:
-                        x, sr = _read_source(row)
+                        x, sr = _read_source(row, remote)
                     except AudioError as e:  # undecodable source: recorded, the shard goes on without it
                         rejects.append({"key": row["key"], "reason": str(e)})
                         continue
