@@ -59,21 +59,24 @@ def verify_shard(
     if not storage.exists(path):
         return [f"{name}: missing"], []
     problems: list[str] = []
-    sha, nbytes = storage.sha256_of(path)
-    if nbytes != entry["bytes"]:
-        problems.append(f"{name}: {nbytes} bytes, index says {entry['bytes']}")
-    if sha != entry["sha256"]:
-        problems.append(f"{name}: sha256 {sha[:12]}... differs from the index ({entry['sha256'][:12]}...)")
     keys: list[str] = []
     members: list[tuple[str, bytes]] = []
+    digest: dict = {}  # filled by the same read that decodes the members
+    tar_problems: list[str] = []
     try:
-        for member in storage.iter_tar_members(path):
+        for member in storage.iter_tar_members(path, digest):
             members.append(member)
             if len(members) == 3:
-                problems += _check_sample(name, members, sample_rate, segment_samples, keys)
+                tar_problems += _check_sample(name, members, sample_rate, segment_samples, keys)
                 members = []
     except Exception as e:  # a truncated or corrupt tar: report it, keep verifying the others
-        problems.append(f"{name}: unreadable tar: {e}")
+        tar_problems.append(f"{name}: unreadable tar: {e}")
+    if digest.get("bytes") != entry["bytes"]:
+        problems.append(f"{name}: {digest.get('bytes')} bytes, index says {entry['bytes']}")
+    if digest.get("sha256") != entry["sha256"]:
+        sha = str(digest.get("sha256"))
+        problems.append(f"{name}: sha256 {sha[:12]}... differs from the index ({entry['sha256'][:12]}...)")
+    problems += tar_problems
     if members:
         problems.append(f"{name}: {len(members)} trailing member(s) {[m[0] for m in members]}")
     if len(keys) != entry["samples"]:
