@@ -16,12 +16,14 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from datasets.errors import HiresError
+
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 M = TypeVar("M", bound="StrictModel")
 
 
-class ConfigError(ValueError):
+class ConfigError(HiresError, ValueError):
     """A configuration file or override is invalid; the message names the file and the field."""
 
 
