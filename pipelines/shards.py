@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets import storage
 from datasets.audio import decode_audio, is_uri, write_audio
 from datasets.manifest import read_parquet
-from pipelines import storage
 
 MEMBER_SUFFIXES = ("clean.flac", "degraded.flac", "json")
 

@@ -47,9 +47,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datasets import storage
 from datasets.audio import AudioError, encode_audio, is_uri, read_audio, resample
 from datasets.config import canonical_json
-from pipelines import storage
 from pipelines.synth_config import SynthConfig, output_config, output_sha256
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import fsspec
 import numpy as np
 import pytest
 
+from datasets import storage, synth
 from datasets.audio import encode_audio
-from pipelines import storage, synth
 
 
 def test_remote_source_is_fetched_once_per_run_of_segments(monkeypatch):
