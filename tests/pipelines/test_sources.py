@@ -6,8 +6,9 @@ import fsspec
 import numpy as np
 import pytest
 
-from datasets import storage, synth
+from datasets import storage
 from datasets.audio import encode_audio
+from pipelines import synth
 
 
 def test_remote_source_is_fetched_once_per_run_of_segments(monkeypatch):
