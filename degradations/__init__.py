@@ -23,7 +23,16 @@ from degradations import (  # noqa: F401  (importing the modules registers the o
     reverb,
 )
 from degradations.banks import BankEntry, Banks
-from degradations.base import REGISTRY, Applied, Degradation, get_operator, register, sample_rng, stable_hash
+from degradations.base import (
+    REGISTRY,
+    Applied,
+    Degradation,
+    fit_length,
+    get_operator,
+    register,
+    sample_rng,
+    stable_hash,
+)
 from degradations.chain import ChainConfig, RenderResult, check_backends, plan, render, report_keys
 from degradations.codec import CODECS, CodecUnavailableError, available_codecs, check_codecs
 
@@ -40,6 +49,7 @@ __all__ = [
     "available_codecs",
     "check_backends",
     "check_codecs",
+    "fit_length",
     "get_operator",
     "plan",
     "register",

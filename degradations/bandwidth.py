@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 from scipy.signal import bessel, butter, cheby1, ellip, resample_poly, sosfiltfilt
 
 from datasets.config import StrictModel
-from degradations.base import Applied, Degradation, register
+from degradations.base import Applied, Degradation, fit_length, register
 
 Family = Literal["poly", "butter", "cheby1", "ellip", "bessel"]
 FAMILIES: tuple[str, ...] = ("poly", "butter", "cheby1", "ellip", "bessel")
@@ -166,7 +166,7 @@ class Bandwidth(Degradation):
             g = gcd(rate, sr)
             up, down = rate // g, sr // g
             y = resample_poly(resample_poly(x, up, down), down, up)
-            y = _fit_length(y, len(x))
+            y = fit_length(y, len(x))
         else:
             sos = lowpass_sos(
                 family,
@@ -182,9 +182,3 @@ class Bandwidth(Degradation):
                 band_limit(np.asarray(y, dtype=np.float32), sr, cutoff, alias_rate_hz=rate), report
             )
         return Applied(band_limit(np.asarray(y, dtype=np.float32), sr, cutoff), report)
-
-
-def _fit_length(y: np.ndarray, n: int) -> np.ndarray:
-    if len(y) >= n:
-        return y[:n]
-    return np.concatenate([y, np.zeros(n - len(y), dtype=y.dtype)])

@@ -74,6 +74,13 @@ def as_mono_float32(x: Any, what: str = "audio") -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """``x`` as float32, cut to its first ``n`` samples or zero-padded at the end to ``n`` samples."""
+    if len(x) >= n:
+        return np.ascontiguousarray(x[:n], dtype=np.float32)
+    return np.concatenate([np.asarray(x, dtype=np.float32), np.zeros(n - len(x), dtype=np.float32)])
+
+
 @dataclass
 class Applied:
     """The output of one operator on one signal plus what it measured (JSON-able, merged into the report)."""

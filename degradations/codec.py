@@ -40,7 +40,7 @@ from scipy.signal import resample_poly
 
 from datasets.audio import ffmpeg_available
 from datasets.config import StrictModel
-from degradations.base import Applied, Degradation, register
+from degradations.base import Applied, Degradation, fit_length, register
 
 Backend = Literal["fast_mp3", "pyav", "ffmpeg"]
 
@@ -212,12 +212,6 @@ def _to_rate(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
 
 
-def _fit(y: np.ndarray, n: int) -> np.ndarray:
-    if len(y) >= n:
-        return np.ascontiguousarray(y[:n], dtype=np.float32)
-    return np.concatenate([y, np.zeros(n - len(y), dtype=np.float32)]).astype(np.float32)
-
-
 def _pyav_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> np.ndarray:
     import av
 
@@ -270,7 +264,7 @@ def _pyav_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> np.n
         drain(dec.decode(packet))
     drain(dec.decode(None))
     y = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-    return _fit(y[spec.delay :], n)
+    return fit_length(y[spec.delay :], n)
 
 
 def _fast_mp3_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> np.ndarray:
@@ -283,7 +277,7 @@ def _fast_mp3_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> 
     y = fast_mp3_augment.compress_roundtrip(
         np.ascontiguousarray(xp), spec.sample_rate, int(bitrate_kbps), preserve_delay=False, quality=7
     )
-    return _fit(np.asarray(y, dtype=np.float32).reshape(-1), n)
+    return fit_length(np.asarray(y, dtype=np.float32).reshape(-1), n)
 
 
 def _ffmpeg_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> np.ndarray:
@@ -308,7 +302,7 @@ def _ffmpeg_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> np
         .run(input=coded, capture_stdout=True, capture_stderr=True, quiet=True)
     )
     y = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    return _fit(y[spec.delay :], len(x))
+    return fit_length(y[spec.delay :], len(x))
 
 
 _BACKENDS = {"fast_mp3": _fast_mp3_roundtrip, "pyav": _pyav_roundtrip, "ffmpeg": _ffmpeg_roundtrip}
@@ -328,7 +322,7 @@ def codec_roundtrip(x: np.ndarray, sr: int, codec: str, bitrate_kbps: float) -> 
     pre = 0.99 / peak if peak > 0.99 else 1.0
     xs = _to_rate((x * np.float32(pre)).astype(np.float32) if pre != 1.0 else x, sr, spec.sample_rate)
     y = _BACKENDS[spec.backend](np.ascontiguousarray(xs, dtype=np.float32), spec, bitrate_kbps)
-    y = _fit(_to_rate(y, spec.sample_rate, sr), n)
+    y = fit_length(_to_rate(y, spec.sample_rate, sr), n)
     if pre != 1.0:
         y = (y / np.float32(pre)).astype(np.float32)
     return y
