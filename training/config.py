@@ -3,8 +3,8 @@
 ``model.name`` picks a registered network (:mod:`training.models.registry`); the rest of ``model`` are that
 network's hyper-parameters, validated by its own config model, so an error names the exact field
 (``configs/train/recovery/paper.yaml: invalid config: model.nf: ...``). ``features`` holds the STFT (recovery) or
-the log-mel (the 48 kHz stages) settings. Further sections (optimiser, steps, loss weights) are added to
-:class:`StageConfig` as new fields.
+the log-mel (the 48 kHz stages) settings. ``train`` (:mod:`training.train_config`) holds optimisation, schedule,
+precision, EMA, loss weights and cadence.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from datasets.config import CONFIG_ROOT, ConfigError, StrictModel, load_config, 
 from training.features import MelConfig, StftConfig
 from training.models import registry
 from training.models.registry import NetworkConfig
+from training.train_config import TrainConfig
 
 TRAIN_CONFIG_ROOT = CONFIG_ROOT / "train"
 
@@ -36,6 +37,7 @@ class StageConfig(StrictModel):
     stage: Literal["recovery", "autoencoder", "vocoder", "ldm"]
     model: SerializeAsAny[NetworkConfig]
     features: FeaturesConfig = FeaturesConfig()
+    train: TrainConfig = TrainConfig()
 
     @field_validator("model", mode="before")
     @classmethod
