@@ -1,19 +1,36 @@
 """The ``hires`` command line: one sub-command group per module of :mod:`pipelines.commands`.
 
 Each command module defines ``register(subparsers)`` which adds its parser(s) and sets ``func`` (a callable
-``func(args) -> int | None``). Errors the user can fix (bad config, missing file, bad audio) end the process with
-exit code 2 and a one-line reason on stderr; ``--debug`` shows the traceback instead.
+``func(args) -> int | None``).
+
+Errors are reported in two ways:
+
+* an error the user can fix (a :class:`datasets.errors.HiresError`: bad flag, bad config, bad manifest, ...,
+  or an OS error that names a missing, existing or unreadable path) ends the process with exit code 2 and a
+  one-line reason on stderr;
+* any other exception is a bug: one line names its type and message and the file the full traceback was
+  written to (under ``$HIRES_LOG_DIR``, default ``~/.cache/hires/logs``), exit code 1.
+
+``--debug`` lets every exception propagate with its traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import logging
+import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
-from datasets.config import ConfigError
+from datasets.errors import HiresError, UsageError
 
+__all__ = ["COMMAND_MODULES", "USER_ERRORS", "UsageError", "build_parser", "log_dir", "main"]
+
+# every module is imported on start-up: one that fails to import is a broken installation, reported as such
 COMMAND_MODULES = [
     "pipelines.commands.corpus",
     "pipelines.commands.banks",
@@ -23,23 +40,26 @@ COMMAND_MODULES = [
     "pipelines.commands.demo",
 ]
 
-
-class UsageError(Exception):
-    """A problem the user can fix: reported as one line, exit code 2."""
-
-
+# ConfigError, UsageError, DataError and IncompatibleError are HiresErrors; the OS errors listed name a path
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UsageError,
-    ConfigError,
+    HiresError,
     FileNotFoundError,
+    FileExistsError,
     PermissionError,
     NotADirectoryError,
-    FileExistsError,
-    ValueError,
+    IsADirectoryError,
 )
 
+LOG_DIR_ENV = "HIRES_LOG_DIR"
+SUMMARY_CHARS = 400
 
-def build_parser() -> argparse.ArgumentParser:
+
+class CommandImportError(Exception):
+    """A command module of :data:`COMMAND_MODULES` failed to import (a broken installation, not a user error)."""
+
+
+def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; ``modules`` defaults to :data:`COMMAND_MODULES` (read at call time)."""
     parser = argparse.ArgumentParser(
         prog="hires",
         description="High-resolution speech restoration with latent diffusion: data synthesis, training, "
@@ -48,19 +68,80 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if modules is None else modules:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # command group not present in this build
-                continue
-            raise
+        except Exception as e:
+            raise CommandImportError(f"command module {name} failed to import: {_describe(e)}") from e
         module.register(sub)
     return parser
 
 
+def log_dir() -> Path:
+    """Where tracebacks of internal errors go: ``$HIRES_LOG_DIR``, else ``$XDG_CACHE_HOME/hires/logs``."""
+    if os.environ.get(LOG_DIR_ENV):
+        return Path(os.environ[LOG_DIR_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "hires" / "logs"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _type_name(e: BaseException) -> str:
+    cls = type(e)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _describe(e: BaseException) -> str:
+    msg = _one_line(str(e))
+    if len(msg) > SUMMARY_CHARS:
+        msg = msg[: SUMMARY_CHARS - 3] + "..."
+    return f"{_type_name(e)}: {msg}" if msg else _type_name(e)
+
+
+def _write_traceback(e: BaseException, argv: list[str]) -> Path:
+    """Write the full traceback (with the command line) to a new file; falls back to the temp dir."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = (
+        f"command: hires {' '.join(argv)}\n"
+        f"python: {sys.version.split()[0]} ({sys.executable})\n"
+        f"cwd: {os.getcwd()}\n\n" + "".join(traceback.format_exception(e))
+    )
+    last: OSError | None = None
+    # the configured folder first; a read-only home (containers, Ray workers) still gets the traceback somewhere
+    for folder in (log_dir(), Path(tempfile.gettempdir()) / "hires-logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix=f"hires-{stamp}-", suffix=".log", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return Path(path)
+        except OSError as err:
+            last = err
+    assert last is not None
+    raise last
+
+
+def _internal_error(e: BaseException, argv: list[str]) -> int:
+    try:
+        where = f"traceback written to {_write_traceback(e, argv)}"
+    except OSError as err:
+        traceback.print_exception(e, file=sys.stderr)
+        where = f"could not write the traceback ({_one_line(str(err))}); it is printed above"
+    print(f"hires: internal error: {_describe(e)} ({where})", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+    except CommandImportError as e:
+        if "--debug" in argv:
+            raise
+        return _internal_error(e, argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -78,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"hires: error: {msg}", file=sys.stderr)
+        print(f"hires: error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if args.debug:
+            raise
+        return _internal_error(e, argv)
     return int(rc or 0)

@@ -81,3 +81,122 @@ def test_python_dash_m_pipelines_is_the_same_cli():
 def test_group_without_subcommand_prints_help_and_fails(capsys):
     assert main(["corpus"]) == 2
     assert "scan" in capsys.readouterr().out
+
+
+# --- errors: what the user can fix is one line (exit 2); a bug is a one-line summary + a traceback file (exit 1)
+
+FAKE_COMMANDS = """
+import argparse
+
+from datasets.errors import DataError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("boom")
+    p.add_argument("kind", choices=["bug", "data", "missing"])
+    p.set_defaults(func=run)
+
+
+def run(args):
+    if args.kind == "bug":
+        try:
+            return {}["a"]
+        except KeyError:
+            return int("not a number")  # a bug: a ValueError raised while handling a KeyError
+    if args.kind == "data":
+        raise DataError("m.parquet: manifest lacks column(s) path\\nsecond line")
+    raise FileNotFoundError("/nowhere/m.parquet: manifest not found")
+"""
+
+
+@pytest.fixture
+def fake_commands(tmp_path, monkeypatch):
+    """A command group ``boom`` whose sub-commands fail on purpose; tracebacks go to a temporary folder."""
+    (tmp_path / "hires_fake_commands.py").write_text(FAKE_COMMANDS)
+    (tmp_path / "hires_broken_commands.py").write_text("import hires_module_that_does_not_exist\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("pipelines.cli.COMMAND_MODULES", ["hires_fake_commands"])
+    monkeypatch.setenv("HIRES_LOG_DIR", str(tmp_path / "logs"))
+    return tmp_path / "logs"
+
+
+def test_a_bug_is_exit_1_with_a_traceback_file(fake_commands, capsys):
+    rc = main(["boom", "bug"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith("hires: internal error: ValueError: invalid literal for int()")
+    logs = list(fake_commands.iterdir())
+    assert len(logs) == 1 and f"(traceback written to {logs[0]})" in err
+    text = logs[0].read_text()
+    # the whole chain, with the line of the bug and the command line
+    assert "KeyError" in text and "ValueError" in text and 'int("not a number")' in text
+    assert text.startswith("command: hires boom bug")
+
+
+def test_a_project_error_is_exit_2_one_line(fake_commands, capsys):
+    assert main(["boom", "data"]) == 2
+    err = capsys.readouterr().err
+    assert err == "hires: error: m.parquet: manifest lacks column(s) path second line\n"
+    assert main(["boom", "missing"]) == 2
+    assert capsys.readouterr().err == "hires: error: /nowhere/m.parquet: manifest not found\n"
+    assert not fake_commands.exists()  # no traceback file for user errors
+
+
+def test_debug_reraises(fake_commands):
+    with pytest.raises(ValueError, match="invalid literal"):
+        main(["--debug", "boom", "bug"])
+    from datasets.errors import DataError
+
+    with pytest.raises(DataError):
+        main(["--debug", "boom", "data"])
+
+
+def test_unwritable_log_dir_falls_back_to_the_temp_dir(fake_commands, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("HIRES_LOG_DIR", str(blocker / "logs"))  # cannot be created: its parent is a file
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert main(["boom", "bug"]) == 1
+    err = capsys.readouterr().err
+    assert f"traceback written to {tmp_path / 'tmp' / 'hires-logs'}" in err
+
+
+def test_a_command_module_that_fails_to_import_is_loud(fake_commands, monkeypatch, capsys):
+    monkeypatch.setattr("pipelines.cli.COMMAND_MODULES", ["hires_fake_commands", "hires_broken_commands"])
+    rc = main(["boom", "data"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1
+    assert err.startswith(
+        "hires: internal error: pipelines.cli.CommandImportError: command module hires_broken_commands failed "
+        "to import: ModuleNotFoundError: No module named 'hires_module_that_does_not_exist'"
+    )
+    assert "hires_module_that_does_not_exist" in next(fake_commands.iterdir()).read_text()
+    with pytest.raises(Exception, match="hires_broken_commands"):
+        main(["--debug", "boom", "data"])
+
+
+def test_every_listed_command_module_imports():
+    """Nothing is skipped: the shipped list builds (test_help_everywhere then covers each parser)."""
+    import importlib
+
+    from pipelines.cli import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        assert hasattr(importlib.import_module(name), "register"), name
+
+
+def test_usage_error_is_the_project_type():
+    from datasets.errors import HiresError
+    from pipelines.cli import UsageError
+
+    assert issubclass(UsageError, HiresError)
+
+
+def test_bad_out_suffix_is_a_usage_error(tmp_path, capsys):
+    rc = main(["corpus", "scan", str(tmp_path), "--out", str(tmp_path / "m.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "m.csv" in err and ".parquet" in err

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from datasets.config import CONFIG_ROOT, dump_config, load_config
+from datasets.errors import UsageError
 from datasets.manifest import KINDS
 from datasets.scan import ScanConfig, scan_to_manifest
 from pipelines.commands import add_config_args
@@ -58,7 +59,7 @@ def run_scan(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     if args.out.suffix != ".parquet":
-        raise ValueError(f"--out {args.out}: manifest must be a .parquet file")
+        raise UsageError(f"--out {args.out}: manifest must be a .parquet file")
     result = scan_to_manifest(
         args.roots, args.out, kind=args.kind, name=args.name, cfg=cfg, progress=not args.quiet
     )
