@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from datasets.errors import DataError
+
 SOUNDFILE_EXTENSIONS = {
     ".wav",
     ".flac",
@@ -38,7 +40,7 @@ FFMPEG_EXTENSIONS = {".m4a", ".mp4", ".aac", ".webm", ".mka", ".wma", ".amr", ".
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
 
-class AudioError(RuntimeError):
+class AudioError(DataError):
     """A file cannot be read as audio; the message starts with the path."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datasets.errors import DataError
+
 KINDS = ("speech", "noise", "rir")
 SPLITS = ("train", "valid", "test")
 
@@ -93,7 +95,7 @@ def write_manifest(rows: Iterable[dict], path: str | Path, kind: str) -> pa.Tabl
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{path}: duplicate manifest id {dup!r}")
+        raise DataError(f"{path}: duplicate manifest id {dup!r}")
     columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
     table = pa.Table.from_pydict(columns, schema=schema)
     path = Path(path)
@@ -122,13 +124,13 @@ def read_manifest(path: str | Path, kind: str | None = None):
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: manifest not found") from None
     except Exception as e:
-        raise ValueError(f"{path}: not a readable Parquet manifest: {e}") from e
+        raise DataError(f"{path}: not a readable Parquet manifest: {e}") from e
     missing = [f.name for f in BASE_FIELDS if f.name not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+        raise DataError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
     df = table.to_pandas()
     if kind is not None and len(df) and set(df["kind"]) != {kind}:
-        raise ValueError(f"{path}: expected a {kind} manifest, found kind(s) {sorted(set(df['kind']))}")
+        raise DataError(f"{path}: expected a {kind} manifest, found kind(s) {sorted(set(df['kind']))}")
     return df
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from datasets.config import ConfigError
+from datasets.errors import DataError
 from datasets.manifest import read_manifest
 
 DEFAULT_CACHE_BYTES = 384 * 1024 * 1024
@@ -82,7 +84,7 @@ def _cache_limit() -> int:
     try:
         mb = float(value)
     except ValueError:
-        raise ValueError(f"{CACHE_ENV}={value!r}: expected a number of megabytes") from None
+        raise ConfigError(f"{CACHE_ENV}={value!r}: expected a number of megabytes") from None
     return int(mb * 1024 * 1024)
 
 
@@ -110,17 +112,17 @@ def _entries_from_manifest(path: str | Path, kind: str, split: str | None) -> di
     df = read_manifest(path)
     for column in ("id", "path", "sample_rate", "frames"):
         if column not in df.columns:
-            raise ValueError(f"{path}: {kind} manifest has no column {column!r}")
+            raise DataError(f"{path}: {kind} manifest has no column {column!r}")
     if split is not None:
         if "split" not in df.columns:
-            raise ValueError(f"{path}: {kind} manifest has no column 'split' to select {split!r}")
+            raise DataError(f"{path}: {kind} manifest has no column 'split' to select {split!r}")
         df = df[df["split"] == split]
     meta_columns = ("rt60", "drr", "c50") if kind == "rir" else ("noise_type",)
     entries: dict[str, BankEntry] = {}
     for row in df.itertuples(index=False):
         rid = str(row.id)
         if rid in entries:
-            raise ValueError(f"{path}: duplicate {kind} id {rid!r}")
+            raise DataError(f"{path}: duplicate {kind} id {rid!r}")
         meta: dict[str, Any] = {}
         for column in meta_columns:
             if column in df.columns:
@@ -130,7 +132,7 @@ def _entries_from_manifest(path: str | Path, kind: str, split: str | None) -> di
                 )
         entries[rid] = BankEntry(rid, str(row.path), int(row.sample_rate), int(row.frames), meta)
     if not entries:
-        raise ValueError(f"{path}: {kind} manifest has no rows" + (f" in split {split!r}" if split else ""))
+        raise DataError(f"{path}: {kind} manifest has no rows" + (f" in split {split!r}" if split else ""))
     return entries
 
 
@@ -256,7 +258,7 @@ class Banks:
             x, _ = read_audio(entry.path, sr=self.sr, mono=True)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) == 0:
-            raise ValueError(f"{entry.path}: {kind} file {entry.id!r} has no samples")
+            raise DataError(f"{entry.path}: {kind} file {entry.id!r} has no samples")
         return x
 
     # --------------------------------------------------------------------------------------------- catalogue

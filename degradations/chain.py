@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from datasets.config import StrictModel
+from datasets.errors import DataError
 from degradations.bandwidth import BandwidthConfig
 from degradations.base import REGISTRY, Degradation, as_mono_float32, get_operator, sample_rng
 from degradations.clipping import ClippingConfig
@@ -175,7 +176,7 @@ def render(clean: np.ndarray, sr: int, steps: Sequence[Mapping[str, Any]], banks
     """
     x = as_mono_float32(clean, "clean")
     if not np.isfinite(x).all():
-        raise ValueError("render: clean audio contains NaN or Inf samples")
+        raise DataError("render: clean audio contains NaN or Inf samples")
     target, degraded = x.copy(), x.copy()
     report: dict[str, Any] = dict.fromkeys(report_keys())
     applied: list[str] = []
