@@ -200,3 +200,23 @@ def test_bad_out_suffix_is_a_usage_error(tmp_path, capsys):
     rc = main(["corpus", "scan", str(tmp_path), "--out", str(tmp_path / "m.csv")])
     err = capsys.readouterr().err
     assert rc == 2 and "m.csv" in err and ".parquet" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["banks", "rir", "--out", "x", "--count", "0"],
+        ["banks", "noise", "--out", "x", "--minutes", "nan"],
+        ["corpus", "demo", "--out", "x", "--seed", "-1"],
+        ["corpus", "demo", "--out", "x", "--speakers", "two"],
+        ["models", "summary", "vocoder", "--seconds", "0"],
+        ["demo", "--num-cpus", "0"],
+    ],
+    ids=lambda a: " ".join(a[:2] + a[-2:]),
+)
+def test_bad_numbers_are_usage_errors_naming_the_flag(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    flag = argv[-2]
+    assert f"argument {flag}" in capsys.readouterr().err

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.commands import non_negative_int, positive_float, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     banks = sub.add_parser("banks", help="generate RIR and noise banks (real banks: corpus scan --kind)")
@@ -19,14 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the manifest records the measured rt60, drr and c50 of every response.",
     )
     rir.add_argument("--out", required=True, type=Path)
-    rir.add_argument("--count", type=int, default=50, help="number of rooms (default 50)")
-    rir.add_argument("--seed", type=int, default=0)
+    rir.add_argument("--count", type=positive_int, default=50, help="number of rooms (default 50)")
+    rir.add_argument("--seed", type=non_negative_int, default=0)
     rir.set_defaults(func=run_rir)
 
     noise = bsub.add_parser("noise", help="write a demo noise bank (white/pink/brown, babble, hum, clicks)")
     noise.add_argument("--out", required=True, type=Path)
-    noise.add_argument("--minutes", type=float, default=2.0, help="total noise (default 2)")
-    noise.add_argument("--seed", type=int, default=0)
+    noise.add_argument("--minutes", type=positive_float, default=2.0, help="total noise (default 2)")
+    noise.add_argument("--seed", type=non_negative_int, default=0)
     noise.set_defaults(func=run_noise)
 
 

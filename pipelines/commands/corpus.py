@@ -10,7 +10,7 @@ from datasets.config import CONFIG_ROOT, dump_config, load_config
 from datasets.errors import UsageError
 from datasets.manifest import KINDS
 from datasets.scan import ScanConfig, scan_to_manifest
-from pipelines.commands import add_config_args
+from pipelines.commands import add_config_args, non_negative_int, positive_float, positive_int
 
 DEFAULT_CONFIG = CONFIG_ROOT / "corpus.yaml"
 
@@ -31,8 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--name", help="corpus name (default: detected layout or the root folder's name)")
     scan.add_argument("--kind", choices=KINDS, default="speech", help="what the files are (default: speech)")
     scan.add_argument("--verify", choices=["full", "header"], help="decode every file (full) or headers only")
-    scan.add_argument("--workers", type=int, help="parallel readers")
-    scan.add_argument("--min-sample-rate", type=int, help="reject files below this rate (for --kind)")
+    scan.add_argument("--workers", type=positive_int, help="parallel readers")
+    scan.add_argument(
+        "--min-sample-rate", type=positive_int, help="reject files below this rate (for --kind)"
+    )
     add_config_args(scan, DEFAULT_CONFIG)
     scan.set_defaults(func=run_scan)
 
@@ -43,9 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "uses real corpora (VCTK, EARS, HiFi-TTS ...) scanned with `hires corpus scan`.",
     )
     demo.add_argument("--out", required=True, type=Path, help="output folder")
-    demo.add_argument("--minutes", type=float, default=5.0, help="total audio (default 5)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--speakers", type=int, default=8)
+    demo.add_argument("--minutes", type=positive_float, default=5.0, help="total audio (default 5)")
+    demo.add_argument("--seed", type=non_negative_int, default=0)
+    demo.add_argument("--speakers", type=positive_int, default=8)
     demo.add_argument("--espeak", action="store_true", help="add espeak-ng voices (needs espeak-ng)")
     demo.set_defaults(func=run_demo)
 

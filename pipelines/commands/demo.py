@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from datasets.config import dump_config
+from pipelines.commands import non_negative_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--config", type=Path, help="demo YAML (default: configs/demo.yaml)")
-    p.add_argument("--seed", type=int, help="override seed")
-    p.add_argument("--minutes", type=float, help="override corpus.minutes")
-    p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+    p.add_argument("--seed", type=non_negative_int, help="override seed")
+    p.add_argument("--minutes", type=positive_float, help="override corpus.minutes")
+    p.add_argument("--num-cpus", type=positive_int, help="CPUs for the local Ray (default: all)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 

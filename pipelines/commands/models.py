@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.commands import positive_float, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="inspect the networks of the training stages")
@@ -22,9 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--config", default="paper", help="YAML path, or a shipped name: paper, tiny (default: paper)"
     )
     summary.add_argument(
-        "--seconds", type=float, default=5.12, help="clip length for the shapes (default 5.12)"
+        "--seconds", type=positive_float, default=5.12, help="clip length for the shapes (default 5.12)"
     )
-    summary.add_argument("--batch", type=int, default=1, help="batch size for the shapes (default 1)")
+    summary.add_argument(
+        "--batch", type=positive_int, default=1, help="batch size for the shapes (default 1)"
+    )
     summary.set_defaults(func=run_summary)
 
     listing = msub.add_parser("list", help="registered networks and shipped configs per stage (JSON)")
