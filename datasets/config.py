@@ -7,7 +7,6 @@ message names the file and the dotted field path of every problem.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -97,11 +96,6 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(source, e)) from None
-
-
-def config_sha256(cfg: BaseModel) -> str:
-    """Stable digest of a resolved config (canonical JSON)."""
-    return hashlib.sha256(canonical_json(cfg.model_dump(mode="json")).encode()).hexdigest()
 
 
 def canonical_json(obj: Any) -> str:
