@@ -190,9 +190,6 @@ class Banks:
 
     # ---------------------------------------------------------------------------------------------- access
 
-    def has(self, kind: str) -> bool:
-        return bool(self._entries[kind])
-
     def entry(self, kind: str, bank_id: str) -> BankEntry:
         try:
             return self._entries[kind][bank_id]

@@ -66,18 +66,6 @@ def noise_excerpt(noise: np.ndarray, n: int, offset_fraction: float) -> tuple[np
     return np.take(period, (offset + np.arange(n)) % p), offset
 
 
-def snr_on_active_speech(speech: np.ndarray, noise: np.ndarray, sr: int) -> float | None:
-    """SNR in dB: P.56-like active level of ``speech`` over the power of ``noise`` on the active samples."""
-    level = active_speech_level(speech, sr)
-    if level.silent:
-        return None
-    mask = level.mask()
-    p_noise = float(np.mean(np.square(noise[mask], dtype=np.float64)))
-    if p_noise <= 0.0:
-        return math.inf
-    return level.level_db - 10.0 * math.log10(p_noise)
-
-
 @register
 class Noise(Degradation):
     """Add bank noise ``noise_id`` at ``snr_db`` (active-speech SNR) from ``offset_fraction``."""
