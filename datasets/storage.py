@@ -17,7 +17,6 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -141,39 +140,3 @@ def makedirs(path: str) -> None:
     if not is_uri(path):
         os.makedirs(path, exist_ok=True)
 
-
-class _HashingReader:
-    """Read-only file wrapper that hashes and counts every byte read through it."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.bytes += len(data)
-        return data
-
-
-def iter_tar_members(path: str, digest: dict | None = None) -> Iterator[tuple[str, bytes]]:
-    """Stream ``(name, bytes)`` of the regular files in a tar at a local path or URI, in archive order.
-
-    With ``digest`` (a dict), the same single read also fills ``digest["sha256"]`` and ``digest["bytes"]`` of the
-    whole file, even when the tar turns out to be corrupt, so verifying a shard downloads it once.
-    """
-    import tarfile
-
-    with open_read(path) as raw:
-        f = _HashingReader(raw) if digest is not None else raw
-        try:
-            with tarfile.open(fileobj=f, mode="r|") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    data = tar.extractfile(member)
-                    yield member.name, data.read() if data is not None else b""
-        finally:
-            if digest is not None:
-                for _ in iter(lambda: f.read(CHUNK), b""):  # the tail the tar reader left (end blocks)
-                    pass
-                digest.update(sha256=f.sha.hexdigest(), bytes=f.bytes)

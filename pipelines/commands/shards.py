@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from datasets.errors import UsageError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     shards = sub.add_parser("shards", help="verify synthesised shards or inspect one sample")
@@ -37,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pipelines.shards import read_index, verify_shards
+    from datasets.shards import read_index
+    from pipelines.shards import verify_shards
 
     total = len(read_index(args.dir)["shards"])
     with tqdm(total=total, unit="shard", disable=args.quiet, desc="verify") as bar:
@@ -50,14 +53,17 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from pipelines.shards import find_sample, write_inspection
+    from datasets.shards import decode_sample, find_raw_sample
+    from pipelines.shards import write_inspection
 
     try:
-        sample = find_sample(args.dir, args.key)
+        if args.out:
+            sample, written = write_inspection(args.dir, args.key, args.out)
+        else:
+            sample, written = decode_sample(find_raw_sample(args.dir, args.key)), []
     except KeyError as e:
-        raise ValueError(e.args[0]) from None
+        raise UsageError(e.args[0]) from None
     print(json.dumps({"shard": sample.shard, **sample.meta}, indent=2, sort_keys=True))
-    if args.out:
-        for path in write_inspection(sample, args.out):
-            print(f"wrote {path}")
+    for path in written:
+        print(f"wrote {path}")
     return 0

@@ -38,32 +38,3 @@ def test_missing_remote_source_fails_the_task_instead_of_becoming_a_reject(monke
     with pytest.raises(OSError, match="cannot read the source of missing_0000"):
         synth._read_source(row, {})
 
-
-def test_tar_members_and_digest_come_from_one_read(tmp_path, monkeypatch):
-    import hashlib
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in [("a.json", b"{}"), ("a.clean.flac", b"x" * 5000)]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    whole = tmp_path / "s.tar"
-    whole.write_bytes(buf.getvalue())
-    broken = tmp_path / "broken.tar"
-    broken.write_bytes(buf.getvalue()[:700])
-
-    opened = []
-    real = storage.open_read
-    monkeypatch.setattr(storage, "open_read", lambda p: opened.append(p) or real(p))
-    digest: dict = {}
-    assert [n for n, _ in storage.iter_tar_members(str(whole), digest)] == ["a.json", "a.clean.flac"]
-    assert digest == {"sha256": hashlib.sha256(whole.read_bytes()).hexdigest(), "bytes": whole.stat().st_size}
-    assert opened == [str(whole)]
-
-    digest = {}
-    with pytest.raises(tarfile.TarError):
-        list(storage.iter_tar_members(str(broken), digest))
-    assert digest["sha256"] == hashlib.sha256(broken.read_bytes()).hexdigest()
