@@ -26,9 +26,28 @@ NOISE_TYPES = ("white", "pink", "brown", "babble", "hum", "clicks")
 
 
 # ---------------------------------------------------------------------------------------------------- RIR metrics
-def direct_path_index(rir: np.ndarray) -> int:
-    """Index of the direct-path peak (the largest absolute sample)."""
-    return int(np.argmax(np.abs(rir)))
+FIRST_ARRIVAL_DB = 6.0
+
+
+def direct_path_index(rir: np.ndarray, within_db: float = FIRST_ARRIVAL_DB) -> int:
+    """Index of the direct path: the top of the first arrival, which need not be the largest sample.
+
+    The first sample whose magnitude comes within ``within_db`` of the largest one marks the first arrival;
+    the index is the top of that arrival's lobe (uphill from there). A reflection a hair stronger than the direct
+    sound (microphone near a wall or a desk) therefore does not move the alignment, and whatever precedes the
+    direct sound at least ``within_db`` below the peak (the noise floor of a measured response's pre-delay, a
+    fractional-delay filter's pre-ringing) is skipped. 0 for an all-zero response.
+    """
+    a = np.abs(np.asarray(rir, dtype=np.float64).reshape(-1))
+    if a.size == 0:
+        raise ValueError("direct_path_index: the RIR has no samples")
+    top = float(a.max())
+    if not top > 0.0:
+        return 0
+    i = int(np.argmax(a >= top * 10.0 ** (-within_db / 20.0)))
+    while i + 1 < a.size and a[i + 1] > a[i]:
+        i += 1
+    return i
 
 
 def rir_metrics(rir: np.ndarray, sr: int) -> dict[str, float]:

@@ -2,8 +2,10 @@
 
 The RIR is truncated, normalised to unit energy (so reverberant speech keeps roughly the dry level whatever the
 room, and the final joint peak scaling does not have to crush the target) and the convolution output is shifted
-by the direct-path delay (the RIR's largest sample), so the degraded signal stays sample-aligned with the target. With ``early_target`` the target becomes the speech convolved with the
-first ``early_ms`` after the direct path (a common "early reverberation is speech" target). RIRs are truncated
+by the direct-path delay (the top of the RIR's first arrival, :func:`datasets.banks.direct_path_index`, which
+is not always its largest sample: a reflection can be a hair stronger), so the degraded signal stays
+sample-aligned with the target. With ``early_target`` the target becomes the speech convolved with the first
+``early_ms`` after the direct path (a common "early reverberation is speech" target). RIRs are truncated
 to ``max_rir_s`` after the direct path: beyond a second a speech RIR is ~60 dB down and only costs FFT size.
 Convolution is FFT-based (scipy.signal.oaconvolve, float32), deterministic.
 """

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from datasets.audio import read_audio
-from datasets.banks import NOISE_TYPES, make_noise_bank, make_rir_bank, rir_metrics
+from datasets.banks import NOISE_TYPES, direct_path_index, make_noise_bank, make_rir_bank, rir_metrics
 from datasets.demo import make_demo_corpus
 from datasets.manifest import read_manifest
 
@@ -94,6 +94,45 @@ def test_rir_metrics_of_a_known_decay():
     m = rir_metrics(rir, sr)
     assert m["rt60"] == pytest.approx(rt60, rel=0.1)
     assert m["c50"] > 0
+
+
+def _lobe(n: int, at: float, gain: float) -> np.ndarray:
+    """A band-limited arrival at fractional position ``at`` (Hann-windowed sinc, as simulators render one)."""
+    k = np.arange(n) - at
+    return gain * np.sinc(k) * np.where(np.abs(k) < 40, 0.5 + 0.5 * np.cos(np.pi * k / 40), 0.0)
+
+
+def test_direct_path_is_the_first_arrival_not_a_stronger_reflection():
+    # the direct sound falls between two samples (its top sample 0.76), a reflection 2 ms later lands on one
+    rir = _lobe(4000, 500.6, 1.0) + _lobe(4000, 596.0, 0.8)
+    assert np.argmax(np.abs(rir)) == 596
+    assert direct_path_index(rir) == 501  # the top of the first arrival's lobe
+    # a reflection far above the direct sound (more than 6 dB) wins: nothing else is a credible first arrival
+    assert direct_path_index(_lobe(4000, 500.0, 0.3) + _lobe(4000, 596.0, 1.0)) == 596
+
+
+def test_direct_path_skips_a_noisy_pre_delay():
+    rng = np.random.default_rng(0)
+    rir = np.zeros(6000)
+    rir[:1500] = 0.01 * rng.standard_normal(1500)  # measurement noise floor before the sound arrives
+    rir[700] = -0.3  # a click in the pre-delay, 10 dB below the direct sound
+    rir[1500] = -0.95  # direct sound, negative polarity
+    t = np.arange(4499) / 48000
+    rir[1501:] = 0.2 * rng.standard_normal(4499) * np.exp(-t / 0.05)
+    rir[1580] = 1.0  # one reflection slightly stronger
+    assert direct_path_index(rir) == 1500
+    assert direct_path_index(rir.astype(np.float32)) == 1500
+
+
+def test_direct_path_of_ordinary_responses_is_their_peak():
+    from degradations.synthetic import synthetic_rir
+
+    for seed in range(5):
+        h = synthetic_rir(0.4, 48000, seed=seed)
+        assert direct_path_index(h) == int(np.argmax(np.abs(h)))
+    assert direct_path_index(np.zeros(10)) == 0
+    with pytest.raises(ValueError, match="no samples"):
+        direct_path_index(np.zeros(0))
 
 
 @pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")

@@ -97,6 +97,27 @@ def test_reverb_is_aligned_and_reports_room(speech, memory_banks, sr):
         assert np.sum(out.audio**2) > 0.5 * np.sum(speech.astype(np.float64) ** 2)
 
 
+def test_reverb_aligns_on_the_direct_sound_when_a_reflection_is_stronger(sr):
+    from degradations import Banks
+
+    rir = np.zeros(sr // 2, np.float32)
+    rir[300] = 0.7  # direct sound
+    rir[396] = 0.8  # a reflection 2 ms later, a little stronger (microphone near a wall)
+    rir[397:] = (
+        0.01
+        * np.random.default_rng(0).standard_normal(len(rir) - 397)
+        * np.exp(-np.arange(len(rir) - 397) / 4800)
+    )
+    banks = Banks.from_arrays(sr, rir={"wall": rir})
+    params = {"rir_id": "wall", "early_target": False, "early_ms": 50.0, "max_rir_s": 1.0}
+    click = np.zeros(sr // 2, np.float32)
+    click[1000] = 1.0
+    y = CFG.operator("reverb").apply(click, sr, params, banks)
+    assert y[1000] == pytest.approx(0.7 / np.sqrt(np.sum(rir.astype(np.float64) ** 2)), rel=1e-5)
+    assert np.argmax(np.abs(y)) == 1096  # the reflection follows, 2 ms late
+    assert np.abs(y[:1000]).max() < 1e-6  # nothing arrives before the direct sound
+
+
 def test_reverb_early_target(speech, memory_banks, sr):
     op = CFG.operator("reverb")
     params = {"rir_id": "rir_c", "early_target": True, "early_ms": 50.0, "max_rir_s": 1.0}
