@@ -4,6 +4,10 @@
 seeded noise (the loader does not care what the audio is), so a set of a few shards takes milliseconds. The
 fixtures ``shard_set`` (3 train shards of 3, 3 and 2 samples, 1 valid shard of 2) and ``train_only_shard_set``
 (3 train shards, no valid split) are session-scoped; tests that damage a set work on a copy.
+
+:func:`synth_shard_set` renders real synthesis shards of a clean manifest in this process, with the functions
+synthesis itself uses (:func:`datasets.synth_plan.make_plan`, :func:`datasets.synth_render.render_shard_bytes`):
+what online mode must reproduce. ``tiny_synth_inputs`` is a small demo corpus with banks for it.
 """
 
 from __future__ import annotations
@@ -97,3 +101,60 @@ def train_only_shard_set(tmp_path_factory) -> Path:
     """3 train shards of 2 samples each and no valid split (like the demo corpus)."""
     root = tmp_path_factory.mktemp("train_only_shard_set")
     return write_shard_set(root, [("train", 2), ("train", 2), ("train", 2)], seed=1)
+
+
+def synth_shard_set(root: Path, inputs: dict[str, str], seed: int, samples_per_shard: int = 4) -> Path:
+    """Plan and render every shard of ``inputs["clean"]`` in-process (no Ray) into ``root``; a minimal index."""
+    from datasets import shards
+    from datasets.manifest import read_manifest
+    from datasets.synth_config import load_synth_config
+    from datasets.synth_plan import make_plan
+    from datasets.synth_render import cached_banks, render_shard_bytes, synth_code_version
+
+    cfg = load_synth_config(overrides={"shards.samples_per_shard": samples_per_shard})
+    banks = cached_banks(inputs["noise"], inputs["rir"], cfg.segment.sample_rate)
+    plan = make_plan(read_manifest(inputs["clean"], kind="speech"), cfg, seed, banks.catalog())
+    rows = plan.table.to_pylist()
+    root = Path(root)
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for shard in sorted({r["shard"] for r in rows}):
+        mine = [r for r in rows if r["shard"] == shard]
+        name = shards.shard_name(shard)
+        with open(root / "shards" / name, "wb") as f:
+            result = render_shard_bytes(mine, f, plan.cfg, seed, banks, synth_code_version())
+        entries.append(
+            {
+                "name": name,
+                "split": mine[0]["split"],
+                "samples": result.samples,
+                "seconds": result.samples * cfg.segment.seconds,
+                "bytes": result.bytes,
+                "sha256": result.sha256,
+            }
+        )
+    index = {
+        "format_version": shards.FORMAT_VERSION,
+        "code_version": synth_code_version(),
+        "seed": seed,
+        "config": {},
+        "sample_rate": cfg.segment.sample_rate,
+        "segment_samples": cfg.segment.samples,
+        "shards": entries,
+    }
+    (root / "index.json").write_bytes(shards.index_bytes(index))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_inputs(tmp_path_factory) -> dict[str, str]:
+    """Manifests of 0.5 min of demo speech (2 speakers), 0.5 min of noise and 2 simulated rooms."""
+    from datasets.banks import make_noise_bank, make_rir_bank
+    from datasets.demo import make_demo_corpus
+
+    root = tmp_path_factory.mktemp("tiny_synth_inputs")
+    return {
+        "clean": str(make_demo_corpus(root / "clean", minutes=0.5, seed=0, speakers=2, progress=False)),
+        "noise": str(make_noise_bank(root / "noise", minutes=0.5, seed=0, progress=False)),
+        "rir": str(make_rir_bank(root / "rir", count=2, seed=0, progress=False)),
+    }
