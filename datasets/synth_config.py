@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from datasets.config import CONFIG_ROOT, StrictModel, canonical_json, load_config
 from degradations import ChainConfig
@@ -47,14 +47,23 @@ class SegmentConfig(StrictModel):
 class ShardsConfig(StrictModel):
     """Grouping of samples into WebDataset tars and their audio encoding."""
 
-    samples_per_shard: int = Field(
-        512, ge=1, description="samples per tar (the last shard of a split may hold fewer)"
+    samples_per_shard: int | Literal["auto"] = Field(
+        "auto",
+        description="samples per tar (the last shard of a split may hold fewer); 'auto': from the corpus size "
+        "alone, see datasets.synth_plan.auto_samples_per_shard",
     )
     split_shards: bool = Field(
         True,
         description="start a new shard at each split (train/valid/test), so a shard holds one split only",
     )
     flac_subtype: Literal["PCM_16", "PCM_24"] = Field("PCM_24", description="FLAC sample format")
+
+    @field_validator("samples_per_shard")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return value
 
 
 class RayConfig(StrictModel):
@@ -89,6 +98,7 @@ def output_config(cfg: SynthConfig) -> dict:
 
 
 def output_sha256(cfg: SynthConfig) -> str:
+    """sha256 of :func:`output_config` (canonical JSON): the config part of a run's identity."""
     import hashlib
 
     return hashlib.sha256(canonical_json(output_config(cfg)).encode()).hexdigest()

@@ -65,8 +65,8 @@ def run_demo(
     from datasets.banks import make_noise_bank, make_rir_bank
     from datasets.demo import make_demo_corpus
     from datasets.manifest import read_manifest
-    from pipelines.synth import run_synth
-    from pipelines.synth_config import load_synth_config
+    from datasets.synth_config import load_synth_config
+    from pipelines.synth_run import run_synth
 
     out = Path(out).resolve()
     result = DemoResult(out=out)

@@ -1,0 +1,372 @@
+"""A synthesis run on Ray: plan, render, or both, into one output directory (local path or URI).
+
+As in the URGENT challenge simulation, parameters are drawn first and written down, and the expensive
+rendering runs in parallel from that table:
+
+* :func:`plan_synth` (driver only, no Ray) writes ``DIR/plan.parquet`` (see :mod:`datasets.synth_plan`) and
+  returns its summary, so the recipe can be reviewed before paying for the render;
+* :func:`render_synth` renders an existing plan: the manifests, config and seed come from the plan itself;
+  Ray Data runs one task per shard (:func:`pipelines.synth_shard.render_shard`), then ``DIR/index.json`` is
+  written (:mod:`pipelines.synth_index`);
+* :func:`run_synth` does both (``hires synth``).
+
+Reproducibility: the bytes of a shard depend on (plan row, seed, code) only, never on timing, worker count or
+host. Resume: the run identity (output config sha256, seed, manifest sha256s, code version) is stored in the
+plan. Rerunning with the same identity keeps every complete, intact shard and renders the rest; a different
+identity is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datasets import storage
+from datasets.audio import is_uri
+from datasets.config import canonical_json
+from datasets.errors import DataError, IncompatibleError, UsageError
+from datasets.shards import FORMAT_VERSION, index_bytes, index_path, shard_name
+from datasets.synth_config import SynthConfig, output_sha256
+from datasets.synth_plan import (
+    PLAN_FILE,
+    Plan,
+    PlanStats,
+    make_plan,
+    plan_bytes,
+    plan_summary,
+    read_plan_metadata,
+)
+from datasets.synth_render import synth_code_version
+from pipelines.synth_index import SynthSummary, build_index
+from pipelines.synth_shard import RenderContext, render_shard
+
+log = logging.getLogger(__name__)
+
+RUN_PARTS = ("index.json", PLAN_FILE, "shards", "state", "tmp")
+
+
+@dataclass
+class PlanResult:
+    out: str
+    plan_path: str
+    summary: dict
+
+
+def _normalize_out(out: str | Path) -> str:
+    out = str(out)
+    return out.rstrip("/") if is_uri(out) else str(Path(out).resolve())
+
+
+def _normalize_input(path: str | Path) -> str:
+    """Manifest paths as stored in the recipe: absolute, so ``render`` works from any directory."""
+    path = str(path)
+    return path if is_uri(path) else str(Path(path).resolve())
+
+
+def run_identity(cfg: SynthConfig, seed: int, manifests: dict[str, str]) -> dict:
+    """What a rerun must match to keep existing shards: format, output config, seed, inputs' content, code."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "config_sha256": output_sha256(cfg),
+        "seed": seed,
+        "code_version": synth_code_version(),
+        "manifests": {k: storage.sha256_of(v)[0] for k, v in sorted(manifests.items())},
+    }
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else canonical_json(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _differences(previous: dict, identity: dict) -> str:
+    diffs = [k for k in identity if previous.get(k) != identity[k]]
+    return ", ".join(f"{k} (was {_short(previous.get(k))}, now {_short(identity[k])})" for k in diffs)
+
+
+def check_existing(out: str, identity: dict, force: bool) -> None:
+    """Refuse (unless ``force``) to write into a directory made with another config, seed, input or code;
+    with ``force``, remove the previous run first."""
+    previous, _ = read_plan_metadata(storage.join(out, PLAN_FILE))
+    if previous is None and storage.exists(index_path(out)):
+        index = json.loads(storage.read_bytes(index_path(out)))
+        previous = {k: index.get(k) for k in identity}
+    if previous is None:
+        if storage.listdir(storage.join(out, "shards")) and not force:
+            raise FileExistsError(f"{out}: has shards/ but no plan.parquet; use --force to replace it")
+    else:
+        detail = _differences(previous, identity)
+        if detail and not force:
+            raise FileExistsError(
+                f"{out}: already holds a synthesis run with a different {detail}; use another --out or --force "
+                "to replace it"
+            )
+    if force:
+        for part in RUN_PARTS:
+            storage.remove(storage.join(out, part))
+
+
+def _lease(out: str):
+    """The run's lease on ``out``: one synthesis job per directory at a time."""
+    try:
+        from datasets.lease import hold_lease
+    except ModuleNotFoundError as e:
+        if e.name != "datasets.lease":
+            raise
+        return contextlib.nullcontext()
+    return hold_lease(out, what="synth")
+
+
+def _plan(
+    clean: str, noise: str, rir: str, out: str, cfg: SynthConfig, seed: int, identity: dict
+) -> tuple[Plan, bytes]:
+    """Plan the corpus and write ``plan.parquet`` (unless an identical one is there)."""
+    from datasets.manifest import read_manifest
+    from degradations import Banks
+
+    storage.makedirs(out)
+    clean_df = read_manifest(clean, kind="speech")
+    catalog = Banks.from_manifests(noise, rir, sr=cfg.segment.sample_rate).catalog()
+    plan = make_plan(clean_df, cfg, seed, catalog)
+    if plan.table.num_rows == 0:
+        raise DataError(
+            f"{clean}: no utterance is long enough for one {cfg.segment.seconds} s sample "
+            f"(min_tail_seconds {cfg.segment.min_tail_seconds}, tail {cfg.segment.tail})"
+        )
+    recipe = {
+        "manifests": {"clean": clean, "noise": noise, "rir": rir},
+        "config": cfg.model_dump(mode="json"),
+        "seed": seed,
+        "samples_per_shard": plan.cfg.shards.samples_per_shard,
+        "stats": plan.stats.as_dict(),
+    }
+    plan_path = storage.join(out, PLAN_FILE)
+    data = plan_bytes(plan.table, identity, recipe)
+    if not storage.exists(plan_path) or storage.read_bytes(plan_path) != data:
+        storage.write_bytes(plan_path, data)
+    return plan, data
+
+
+def plan_synth(
+    clean: str, noise: str, rir: str, out: str, cfg: SynthConfig, seed: int = 0, force: bool = False
+) -> PlanResult:
+    """Write only ``out/plan.parquet`` and return its summary (``hires synth plan``)."""
+    from degradations import check_backends
+
+    check_backends(cfg.chain)
+    out = _normalize_out(out)
+    manifests = {
+        "clean": _normalize_input(clean),
+        "noise": _normalize_input(noise),
+        "rir": _normalize_input(rir),
+    }
+    identity = run_identity(cfg, seed, manifests)
+    with _lease(out):
+        check_existing(out, identity, force)
+        plan, _ = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
+    summary = plan_summary(plan.table, cfg.segment.seconds)
+    summary["samples_per_shard"] = plan.cfg.shards.samples_per_shard
+    return PlanResult(out, storage.join(out, PLAN_FILE), summary)
+
+
+def run_synth(
+    clean: str,
+    noise: str,
+    rir: str,
+    out: str,
+    cfg: SynthConfig,
+    seed: int = 0,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    on_shard: Callable[[dict], None] | None = None,
+) -> SynthSummary:
+    """Plan and render a synthesis run into ``out`` (local path or URI); see the module docstring."""
+    import ray
+
+    from degradations import check_backends
+    from pipelines.ray_setup import init_ray
+
+    check_backends(cfg.chain)  # fail before planning if this host cannot render what the chain may draw
+    out = _normalize_out(out)
+    manifests = {
+        "clean": _normalize_input(clean),
+        "noise": _normalize_input(noise),
+        "rir": _normalize_input(rir),
+    }
+    identity = run_identity(cfg, seed, manifests)
+    with _lease(out):
+        check_existing(out, identity, force)
+        started, cpus = init_ray(address, num_cpus, quiet=not progress)  # before writing: fails fast
+        try:
+            plan, data = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
+            return _render(
+                out,
+                plan.table,
+                data,
+                plan.cfg,
+                seed,
+                identity,
+                plan.stats,
+                manifests,
+                cpus,
+                progress,
+                on_shard,
+            )
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def render_synth(
+    out: str,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+    on_shard: Callable[[dict], None] | None = None,
+) -> SynthSummary:
+    """Render the plan in ``out`` (``hires synth render``): manifests, config and seed come from the plan.
+
+    Refused when the manifests' content or the code changed since planning (the plan would no longer be what
+    they give): plan again, then render.
+    """
+    import ray
+
+    from degradations import check_backends
+    from pipelines.ray_setup import init_ray
+
+    out = _normalize_out(out)
+    plan_path = storage.join(out, PLAN_FILE)
+    stored, recipe = read_plan_metadata(plan_path)
+    if stored is None:
+        raise UsageError(f"{plan_path}: no plan; write one with `hires synth plan ... --out {out}`")
+    if recipe is None:
+        raise DataError(
+            f"{plan_path}: the plan does not record its recipe (made by an older hires): plan again"
+        )
+    cfg = SynthConfig.model_validate(recipe["config"])
+    check_backends(cfg.chain)
+    manifests = dict(recipe["manifests"])
+    identity = run_identity(cfg, int(recipe["seed"]), manifests)
+    detail = _differences(stored, identity)
+    if detail:
+        raise IncompatibleError(
+            f"{plan_path}: planned with a different {detail}; plan again (hires synth plan ... --force)"
+        )
+    resolved = cfg.model_copy(deep=True)
+    resolved.shards.samples_per_shard = int(recipe["samples_per_shard"])
+    with _lease(out):
+        data = storage.read_bytes(plan_path)
+        table = pq.read_table(pa.BufferReader(data), columns=["shard", "split", "key"], use_threads=False)
+        started, cpus = init_ray(address, num_cpus, quiet=not progress)
+        try:
+            stats = PlanStats(**recipe["stats"])
+            return _render(
+                out,
+                table,
+                data,
+                resolved,
+                int(recipe["seed"]),
+                identity,
+                stats,
+                manifests,
+                cpus,
+                progress,
+                on_shard,
+            )
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _render(
+    out: str,
+    table: pa.Table,
+    plan_data: bytes,
+    cfg: SynthConfig,
+    seed: int,
+    identity: dict,
+    stats: PlanStats,
+    manifests: dict[str, str],
+    cpus: float,
+    progress: bool,
+    on_shard: Callable[[dict], None] | None,
+) -> SynthSummary:
+    """Render every shard of a written plan, then write ``index.json``."""
+    if not is_uri(out):
+        storage.remove(storage.join(out, "tmp"))  # scratch files of killed tasks
+    counts = table.group_by(["shard", "split"]).aggregate([("key", "count")]).sort_by("shard").to_pylist()
+    specs = [
+        {"shard": c["shard"], "name": shard_name(c["shard"]), "split": c["split"], "planned": c["key_count"]}
+        for c in counts
+    ]
+    ctx = RenderContext(
+        out=out,
+        plan_path=storage.join(out, PLAN_FILE),
+        noise_manifest=manifests["noise"],
+        rir_manifest=manifests["rir"],
+        cfg=cfg,
+        seed=seed,
+        code_version=identity["code_version"],
+    )
+    entries, wall = _render_all(specs, ctx, cpus, progress, on_shard)
+    if not is_uri(out) and not storage.listdir(storage.join(out, "tmp")):
+        storage.remove(storage.join(out, "tmp"))
+    index = build_index(cfg, identity, stats, plan_data, entries)
+    storage.write_bytes(index_path(out), index_bytes(index))
+    return SynthSummary.from_run(out, index, entries, wall, cpus)
+
+
+def _render_all(specs, ctx: RenderContext, cpus: float, progress: bool, on_shard) -> tuple[list[dict], float]:
+    """One Ray Data task per shard; a progress bar over samples; entries sorted by shard name."""
+    import ray
+    from tqdm import tqdm
+
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False
+    data_ctx.print_on_execution_start = False
+    ds = ray.data.from_items(specs, override_num_blocks=len(specs))
+    per_task = ctx.cfg.ray.cpus_per_task
+    ds = ds.map(
+        functools.partial(render_shard, ctx=ctx),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(specs), int(cpus // per_task)))),
+        num_cpus=per_task,
+    )
+    total = sum(s["planned"] for s in specs)
+    entries: list[dict] = []
+    start = time.perf_counter()
+    rendered_s = 0.0
+    with tqdm(total=total, unit="sample", disable=not progress, dynamic_ncols=True, desc="synth") as bar:
+        for row in ds.iter_rows():
+            entry = dict(row)
+            entry["rejects"] = json.loads(entry["rejects"])
+            entries.append(entry)
+            if not entry["kept"]:
+                rendered_s += entry["seconds"]
+            elapsed = time.perf_counter() - start
+            bar.update(entry["samples"] + len(entry["rejects"]))
+            bar.set_postfix_str(
+                f"{rendered_s / 3600:.2f} h rendered, {rendered_s / max(elapsed, 1e-9):.0f}x RT, "
+                f"{sum(e['kept'] for e in entries)} kept"
+            )
+            if on_shard is not None:
+                on_shard(entry)
+    wall = time.perf_counter() - start
+    names = {e["name"] for e in entries}
+    missing = [s["name"] for s in specs if s["name"] not in names]
+    if missing or len(entries) != len(specs):
+        raise RuntimeError(
+            f"render finished without shard(s) {', '.join(missing[:5])} "
+            f"({len(entries)} results for {len(specs)} shards)"
+        )
+    return sorted(entries, key=lambda e: e["name"]), wall
