@@ -60,6 +60,10 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     num_threads: int = Field(2, ge=1)  # decode threads per worker
+    # ldm: DDIM steps of the evaluation sampler (None: model.diffusion.sampler.steps)
+    eval_sampler_steps: int | None = Field(None, ge=1)
+    # ldm: mel -> latent downsampling of the autoencoder this LDM is built for (checked at start; None: any)
+    latent_downsample: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

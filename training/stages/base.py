@@ -45,6 +45,8 @@ class Example:
     degraded: np.ndarray
     output: np.ndarray | None
     sample_rate: int
+    # a log-mel (n_mels, frames) of the output when the stage produces no waveform (ldm without a vocoder)
+    output_mel: np.ndarray | None = None
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Stage(ABC):
     inference_modules: ClassVar[tuple[str, ...]] = ()
     # frozen upstream models the stage needs (ldm: recovery, autoencoder), loaded by the loop with load_model
     requires: ClassVar[tuple[str, ...]] = ()
+    # frozen models used when given (ldm: a vocoder turns evaluation outputs into audio), loaded the same way
+    optional: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: StageConfig, device: torch.device, frozen: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
