@@ -1,0 +1,84 @@
+"""A local S3 API (``moto_server``) for tests of any package: ``from s3_server import s3_server`` in a test module.
+
+The fixture starts ``moto_server`` on a free port of 127.0.0.1, points the AWS variables of this process at it
+(children started with ``os.environ`` inherit them), creates :data:`BUCKET` and stops the server afterwards.
+moto honours conditional requests (``If-None-Match: *`` and ``If-Match`` on PUT and DELETE), like AWS S3.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BUCKET = "hires-test"
+MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def s3_server(monkeypatch) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(endpoint, env)`` of a fresh moto server with :data:`BUCKET` created; the env is set in this process."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        import fsspec
+
+        # s3fs keeps one instance per arguments, bound to the endpoint seen at creation: not the earlier server's
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(BUCKET)
+        yield endpoint, env
+    finally:
+        import fsspec
+
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+        _stop(proc)
