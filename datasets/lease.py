@@ -13,8 +13,9 @@ the body raises.
 
 Every change of the lease is a compare-and-swap, so two runs that start together cannot both win:
 
-* on S3, a conditional PUT: ``If-None-Match: *`` to create, ``If-Match: <ETag>`` to heartbeat or take over, and a
-  delete with ``If-Match`` to release (AWS S3, MinIO and moto honour these headers);
+* on S3, a conditional PUT: ``If-None-Match: *`` to create, ``If-Match: <ETag>`` to heartbeat or take over
+  (AWS S3, MinIO and moto honour both), and a delete with ``If-Match`` to release (where a store refuses a
+  conditional delete, the lease is read and compared first);
 * on local disk, read-compare-write under ``flock`` on the directory, and an atomic rename for the write.
 
 What is left: staleness compares the holder's clock (``heartbeat``) with the reader's, so hosts need roughly
@@ -188,12 +189,18 @@ class _S3Store:
     def delete(self, expect: str) -> bool:
         try:
             self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.object, IfMatch=expect)
+            return True
         except Exception as e:
             if _precondition_failed(e):
                 return False
-            raise
+            # a store without conditional deletes: compare, then delete (a take-over in between is lost)
+            log.debug("%s: conditional delete failed (%s); comparing first", self.uri, e)
         finally:
             self.fs.invalidate_cache(self.key)
+        current = self.read()
+        if current is None or current[1] != expect:
+            return False
+        self.fs.rm_file(self.key)
         return True
 
 
