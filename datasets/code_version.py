@@ -91,17 +91,23 @@ def package_version() -> str:
         return "0+unknown"
 
 
-@functools.lru_cache(maxsize=16)
-def _cached(entries: tuple[str, ...], root: str) -> str:
+def _compute(entries: tuple[str, ...], root: Path) -> str:
     digest = hashlib.sha256()
     for rel in import_closure(list(entries), root):
-        digest.update(rel.as_posix().encode() + b"\0" + (Path(root) / rel).read_bytes() + b"\0")
+        digest.update(rel.as_posix().encode() + b"\0" + (root / rel).read_bytes() + b"\0")
     return f"{package_version()}+src.{digest.hexdigest()[:12]}"
 
 
-def code_version(entry_modules: list[str], root: str | Path = REPO_ROOT) -> str:
+@functools.lru_cache(maxsize=16)
+def _cached(entries: tuple[str, ...]) -> str:
+    return _compute(entries, REPO_ROOT)
+
+
+def code_version(entry_modules: list[str], root: str | Path | None = None) -> str:
     """``{package version}+src.{sha256[:12]}`` of the import closure of ``entry_modules`` (see the module doc).
 
-    Cached per process: the sources of a running program do not change under it.
+    For this installation (``root`` None) the result is cached per process: the sources of a running program
+    do not change under it. Another ``root`` (a copy of the tree) is hashed afresh at each call.
     """
-    return _cached(tuple(sorted(entry_modules)), str(Path(root).resolve()))
+    entries = tuple(sorted(entry_modules))
+    return _cached(entries) if root is None else _compute(entries, Path(root).resolve())

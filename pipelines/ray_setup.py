@@ -48,21 +48,28 @@ class SessionLogHandler(logging.Handler):
         self.file: logging.FileHandler | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.file is None:
-            logs = session_logs_dir()
-            if logs is None:
-                if len(self.pending) < self.capacity:
-                    self.pending.append(record)
-                return
-            os.makedirs(logs, exist_ok=True)
-            self.file = logging.FileHandler(os.path.join(logs, DRIVER_LOG), encoding="utf-8")
-            self.file.setFormatter(
-                self.formatter or logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-            )
-            pending, self.pending = self.pending, []
-            for earlier in pending:
-                self.file.emit(earlier)
+        if self.file is None and not self.open_session():
+            if len(self.pending) < self.capacity:
+                self.pending.append(record)
+            return
         self.file.emit(record)
+
+    def open_session(self) -> bool:
+        """Open the log file once the session exists and write the records held so far; False before."""
+        if self.file is not None:
+            return True
+        logs = session_logs_dir()
+        if logs is None:
+            return False
+        os.makedirs(logs, exist_ok=True)
+        self.file = logging.FileHandler(os.path.join(logs, DRIVER_LOG), encoding="utf-8")
+        self.file.setFormatter(
+            self.formatter or logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        pending, self.pending = self.pending, []
+        for earlier in pending:
+            self.file.emit(earlier)
+        return True
 
     def close(self) -> None:
         if self.file is not None:
@@ -127,6 +134,9 @@ def init_ray(address: str | None, num_cpus: int | None, quiet: bool = False) -> 
         except ConnectionError as e:
             raise UsageError(f"--address {address}: cannot connect to a Ray cluster: {e}") from None
         started = True
+        for handler in logging.getLogger("ray").handlers:
+            if isinstance(handler, SessionLogHandler):
+                handler.open_session()  # what Ray logged while starting (e.g. the token notice)
         logs = session_logs_dir()
         if logs and not quiet:
             log.info("Ray logs: %s", logs)
