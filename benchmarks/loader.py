@@ -12,7 +12,7 @@ Figures, per thread count (1 and the cores this process may use):
 * ``clips_per_s_per_core``: the same divided by the thread count (the pool size; the reader thread is extra);
 * ``clips_per_cpu_s``: clips per CPU second of this process (robust to other load on the host).
 
-Target (DESIGN.md section 9): >= 150 clips of 5.12 s per second per core. Usage::
+Target (docs/design.md, "Performance targets"): >= 150 clips of 5.12 s per second per core. Usage::
 
     python benchmarks/loader.py [--minutes 3] [--clips 400] [--workdir out/bench-loader] [--json out.json]
 """

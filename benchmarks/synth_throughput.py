@@ -15,7 +15,7 @@ encoding and ``webdataset.TarWriter``. Figures:
   load on the host, which inflates the wall-clock figures);
 * ``scaling_1_to_2``: render throughput with 2 workers over 1 worker.
 
-Targets (DESIGN.md section 9): >= 150x real time per core, 1 -> 2 workers >= 1.8x. Usage::
+Targets (docs/design.md, "Performance targets"): >= 150x real time per core, 1 -> 2 workers >= 1.8x. Usage::
 
     python benchmarks/synth_throughput.py --minutes 10 [--workdir out/bench-synth] [--json out.json]
 """
