@@ -1,9 +1,9 @@
 """Manifests: one Parquet row per audio file, the single description of a corpus that later stages read.
 
-Columns (see the README, "Corpora and manifests"): ``id`` (stable, ``[A-Za-z0-9_-]``), ``path`` (absolute path
-or URI), ``sample_rate``, ``channels``, ``frames``, ``duration_s``, ``speaker``, ``corpus``, ``split``, ``kind``;
-RIR manifests add ``rt60``, ``drr``, ``c50``; noise manifests add ``noise_type``. Rows are sorted by ``id`` and
-written with a fixed schema, so the same corpus gives the same bytes.
+Columns (see the README, "Corpora and manifests"): ``id`` (stable, ``[A-Za-z0-9_-]``), ``path`` (absolute
+path or URI), ``sample_rate``, ``channels``, ``frames``, ``duration_s``, ``speaker``, ``corpus``, ``split``,
+``kind``; RIR manifests add ``rt60``, ``drr``, ``c50``; noise manifests add ``noise_type``. Rows are sorted by
+``id`` and written with a fixed schema, so the same corpus gives the same bytes.
 
 Rejected files go to ``rejects.jsonl`` beside the manifest: one ``{"path", "reason"}`` object per line.
 """
