@@ -6,10 +6,10 @@
      "what": "synth", "token": "<uuid4>", "stale_after_s": 300.0, "pid_start": "<ticks>"}
 
 and a thread rewrites ``heartbeat`` every ``heartbeat_s`` seconds. A second holder fails at once with a
-:class:`LeaseHeldError` naming the owner, the host and the age of the lease. A lease is taken over (with a warning)
-when its heartbeat is older than ``stale_after_s``, or at once when it was written on this host by a process
-that no longer exists (a run killed with SIGKILL, then started again). The lease is removed on exit, also when
-the body raises.
+:class:`LeaseHeldError` naming the owner, the host and the age of the lease. A lease is taken over (with a
+warning) when its heartbeat is older than ``stale_after_s``, or at once when it was written on this host by a
+process that no longer exists (a run killed with SIGKILL, then started again). The lease is removed on exit,
+also when the body raises.
 
 Every change of the lease is a compare-and-swap, so two runs that start together cannot both win:
 
@@ -19,11 +19,11 @@ Every change of the lease is a compare-and-swap, so two runs that start together
 * on local disk, read-compare-write under ``flock`` on the directory, and an atomic rename for the write.
 
 What is left: staleness compares the holder's clock (``heartbeat``) with the reader's, so hosts need roughly
-synchronised clocks (a skew of a few seconds against a stale time of minutes is harmless); an object store that
-ignores conditional headers, or a shared filesystem without working ``flock``, would let two runs that start in
-the same instant both believe they hold the lease. A holder that loses its lease (it stalled for longer than
-``stale_after_s`` and another run took over) learns it at its next heartbeat: :meth:`Lease.check` raises, and so
-does the end of the ``with`` block.
+synchronised clocks (a skew of a few seconds against a stale time of minutes is harmless); an object store
+that ignores conditional headers, or a shared filesystem without working ``flock``, would let two runs that
+start in the same instant both believe they hold the lease. A holder that loses its lease (it stalled for
+longer than ``stale_after_s`` and another run took over) learns it at its next heartbeat: :meth:`Lease.check`
+raises, and so does the end of the ``with`` block.
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ def lease_path(out_dir: str) -> str:
     return storage.join(str(out_dir), LEASE_NAME)
 
 
-# ------------------------------------------------------------------------------------------ compare-and-swap stores
+# ----------------------------------------------------------------------------------- compare-and-swap stores
 
 
 class _LocalStore:
-    """The lease file on local disk: each operation holds ``flock`` on the directory while it compares and writes."""
+    """The lease file on local disk: every operation compares and writes under ``flock`` on the directory."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -103,7 +103,7 @@ class _LocalStore:
             return self._current()
 
     def put(self, data: bytes, expect: str | None) -> str | None:
-        """Write ``data`` if the current version is ``expect`` (None: absent); the new tag, or None if it is not."""
+        """Write ``data`` if the current version is ``expect`` (None: absent): the new tag, else None."""
         with self._locked():
             current = self._current()
             if (current[1] if current else None) != expect:
@@ -212,7 +212,7 @@ def _store(path: str) -> _LocalStore | _S3Store:
     raise UsageError(f"{path}: a lease needs a local directory or an s3:// prefix")
 
 
-# ------------------------------------------------------------------------------------------------------ the lease
+# ----------------------------------------------------------------------------------------------- the lease
 
 
 def _process_start(pid: int) -> str | None:
@@ -339,7 +339,7 @@ def acquire_lease(
     heartbeat_s: float | None = None,
     what: str = "synth",
 ) -> Lease:
-    """Take the lease of ``out_dir`` (local or ``s3://``) and start its heartbeat; :meth:`Lease.release` ends it.
+    """Take the lease of ``out_dir`` (local or ``s3://``), start its heartbeat; :meth:`Lease.release` ends it.
 
     Prefer :func:`hold_lease`. Raises :class:`LeaseHeldError` when another run holds a fresh lease.
     """
@@ -348,7 +348,8 @@ def acquire_lease(
     heartbeat_s = min(DEFAULT_HEARTBEAT_S, stale_after_s / 4) if heartbeat_s is None else heartbeat_s
     if not 0 < heartbeat_s <= stale_after_s / 2:
         raise UsageError(
-            f"the lease heartbeat ({heartbeat_s} s) must be > 0 and at most half the stale time ({stale_after_s} s)"
+            f"the lease heartbeat ({heartbeat_s} s) must be > 0 and at most half the stale time "
+            f"({stale_after_s} s)"
         )
     path = lease_path(out_dir)
     store = _store(path)
@@ -385,8 +386,8 @@ def acquire_lease(
             else:
                 raise LeaseHeldError(
                     f"{out_dir}: another `hires {other.get('what', what)}` run is writing this directory "
-                    f"({describe(other)}); wait for it to end, or, if it is dead, rerun after its lease goes stale "
-                    f"({stale_after_s:g} s without a heartbeat)"
+                    f"({describe(other)}); wait for it to end, or, if it is dead, rerun after its lease goes "
+                    f"stale ({stale_after_s:g} s without a heartbeat)"
                 )
             tag = store.put(_encode(info), expect)
             if tag is not None:
@@ -415,9 +416,9 @@ def hold_lease(
 ) -> Iterator[Lease]:
     """Hold the lease of ``out_dir`` for the ``with`` block: one run writes a directory at a time.
 
-    ``stale_after_s``: a lease whose heartbeat is older is taken over; ``heartbeat_s`` (default: a quarter of it,
-    at most 30 s) is how often this run renews its own. ``what`` names the command in the other run's message.
-    On exit the lease is removed (also when the block raises); a lease lost during the block raises
+    ``stale_after_s``: a lease whose heartbeat is older is taken over; ``heartbeat_s`` (default: a quarter of
+    it, at most 30 s) is how often this run renews its own. ``what`` names the command in the message another
+    run gets. On exit the lease is removed (also when the block raises); a lease lost during the block raises
     :class:`LeaseLostError` at the end of a block that did not raise otherwise.
     """
     lease = acquire_lease(out_dir, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s, what=what)

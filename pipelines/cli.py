@@ -55,7 +55,7 @@ SUMMARY_CHARS = 400
 
 
 class CommandImportError(Exception):
-    """A command module of :data:`COMMAND_MODULES` failed to import (a broken installation, not a user error)."""
+    """A module of :data:`COMMAND_MODULES` failed to import: a broken installation, not a user error."""
 
 
 def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
@@ -110,7 +110,7 @@ def _write_traceback(e: BaseException, argv: list[str]) -> Path:
         f"cwd: {os.getcwd()}\n\n" + "".join(traceback.format_exception(e))
     )
     last: OSError | None = None
-    # the configured folder first; a read-only home (containers, Ray workers) still gets the traceback somewhere
+    # the configured folder first; with a read-only home (containers, Ray workers) the temp dir still works
     for folder in (log_dir(), Path(tempfile.gettempdir()) / "hires-logs"):
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""A local S3 API (``moto_server``) for tests of any package: ``from s3_server import s3_server`` in a test module.
+"""A local S3 API (``moto_server``) for the tests of any package: ``from s3_server import s3_server``.
 
 The fixture starts ``moto_server`` on a free port of 127.0.0.1, points the AWS variables of this process at it
 (children started with ``os.environ`` inherit them), creates :data:`BUCKET` and stops the server afterwards.
@@ -44,7 +44,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def s3_server(monkeypatch) -> Iterator[tuple[str, dict[str, str]]]:
-    """``(endpoint, env)`` of a fresh moto server with :data:`BUCKET` created; the env is set in this process."""
+    """``(endpoint, env)`` of a fresh moto server holding :data:`BUCKET`; the env is set in this process."""
     port = _free_port()
     proc = subprocess.Popen(
         [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
@@ -73,7 +73,7 @@ def s3_server(monkeypatch) -> Iterator[tuple[str, dict[str, str]]]:
             monkeypatch.setenv(k, v)
         import fsspec
 
-        # s3fs keeps one instance per arguments, bound to the endpoint seen at creation: not the earlier server's
+        # s3fs reuses instances, each bound to the endpoint it saw at creation: forget the earlier server's
         fsspec.get_filesystem_class("s3").clear_instance_cache()
         fsspec.filesystem("s3", skip_instance_cache=True).mkdir(BUCKET)
         yield endpoint, env

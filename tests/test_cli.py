@@ -83,7 +83,7 @@ def test_group_without_subcommand_prints_help_and_fails(capsys):
     assert "scan" in capsys.readouterr().out
 
 
-# --- errors: what the user can fix is one line (exit 2); a bug is a one-line summary + a traceback file (exit 1)
+# --- errors: what the user can fix is one line (exit 2); a bug is one line + a traceback file (exit 1)
 
 FAKE_COMMANDS = """
 import argparse
@@ -171,8 +171,8 @@ def test_a_command_module_that_fails_to_import_is_loud(fake_commands, monkeypatc
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1
     assert err.startswith(
-        "hires: internal error: pipelines.cli.CommandImportError: command module hires_broken_commands failed "
-        "to import: ModuleNotFoundError: No module named 'hires_module_that_does_not_exist'"
+        "hires: internal error: pipelines.cli.CommandImportError: command module hires_broken_commands "
+        "failed to import: ModuleNotFoundError: No module named 'hires_module_that_does_not_exist'"
     )
     assert "hires_module_that_does_not_exist" in next(fake_commands.iterdir()).read_text()
     with pytest.raises(Exception, match="hires_broken_commands"):

@@ -1,8 +1,8 @@
 """Dependencies declared in pyproject.toml are the dependencies the code imports, no more and no less.
 
-Every ``import`` (module level or inside a function) of the packages must come from a runtime dependency; imports
-of tests/ and benchmarks/ may also come from the ``test`` extra. Every runtime dependency (and every extra of one)
-must be imported by the packages, unless :data:`INDIRECT` says how it is used without an import.
+Every ``import`` (module level or inside a function) of the packages must come from a runtime dependency;
+imports of tests/ and benchmarks/ may also come from the ``test`` extra. Every runtime dependency (and every
+extra of one) must be imported by the packages, unless :data:`INDIRECT` says how it is used without an import.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def declared() -> dict[str, dict[str, list[str]]]:
 
 
 def _local(top: str, importer: Path) -> bool:
-    """A module of this repository: a package at the root, or a helper module beside the importer."""
-    return any(
-        (d / f"{top}.py").exists() or (d / top / "__init__.py").exists() for d in (ROOT, importer.parent)
-    )
+    """A module of this repository: a package at the root, or a helper module beside the importer or in a
+    folder above it (pytest puts the folders of conftest files on the path)."""
+    folders = [d for d in importer.parents if d == ROOT or ROOT in d.parents]
+    return any((d / f"{top}.py").exists() or (d / top / "__init__.py").exists() for d in folders)
 
 
 @cache
@@ -64,7 +64,7 @@ def imports() -> dict[str, dict[str, set[str]]]:
         for root in roots:
             for path in sorted((ROOT / root).rglob("*.py")):
                 tree = ast.parse(path.read_text(), filename=str(path))
-                # `import ray` then `ray.data.from_items(...)` uses ray.data: attributes of plain imports count
+                # `import ray` then `ray.data.from_items(...)` uses ray.data: attributes of plain imports
                 plain = {
                     a.name
                     for n in ast.walk(tree)

@@ -1,6 +1,6 @@
-"""The output-directory lease: one holder at a time, heartbeat, stale and dead holders taken over, released on exit.
+"""The output-directory lease: one holder at a time, heartbeat, stale and dead holders taken over, release.
 
-Every behaviour runs on local disk and on a local S3 API (moto), whose conditional PUT/DELETE the lease relies on.
+Every behaviour runs on local disk and on a local S3 API (moto), whose conditional PUT/DELETE the lease uses.
 """
 
 from __future__ import annotations
