@@ -222,10 +222,14 @@ def load_frozen(stage_cls: type[Stage], config: dict) -> dict[str, Any]:
     """The frozen upstream models a stage needs, from ``config["models"]`` (UsageError naming a missing one)."""
     models = config.get("models") or {}
     tracking_uri = (config.get("mlflow") or {}).get("tracking_uri")
+    missing = [name for name in stage_cls.requires if not models.get(name)]
+    if missing:
+        raise UsageError(
+            f"stage {stage_cls.name} needs a trained {' and '.join(missing)} model: pass "
+            + " ".join(f"--{name} MODEL" for name in missing)
+        )
     frozen: dict[str, Any] = {}
     for name in stage_cls.requires:
-        if not models.get(name):
-            raise UsageError(f"stage {stage_cls.name} needs a trained {name} model: pass --{name} MODEL")
         frozen[name] = load_model(models[name], tracking_uri)
     for name in getattr(stage_cls, "optional", ()):
         if models.get(name):
