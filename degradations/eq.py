@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from audiomentations import HighPassFilter, HighShelfFilter, LowShelfFilter, PeakingFilter
+from audiomentations import HighShelfFilter, LowShelfFilter, PeakingFilter
 from pydantic import Field, field_validator
+from scipy.signal import butter, sosfilt_zi
 
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, register
+from degradations.iir import sosfilt_settled, sosfiltfilt_settled
 
 
 class EqConfig(StrictModel):
@@ -69,15 +71,9 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def _biquad(kind: type, freq: float, gain_db: float, q: float):
-    t = kind()
-    t.parameters = {
-        "should_apply": True,
-        "center_freq": float(freq),
-        "gain_db": float(gain_db),
-        "q_factor": float(q),
-    }
-    return t
+def _biquad_sos(kind: type, freq: float, gain_db: float, q: float, sr: int) -> np.ndarray:
+    # audiomentations' RBJ-cookbook coefficients for its shelf / peaking filter class ``kind``
+    return kind()._get_biquad_coefficients_from_input_parameters(float(freq), float(gain_db), float(q), sr)
 
 
 @register
@@ -125,32 +121,30 @@ class Eq(Degradation):
         return params
 
     def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
+        # audiomentations' kernels (HighPassFilter with zero_phase, LowShelf/HighShelf/PeakingFilter .apply),
+        # run through the settled filters so that a zero-padded tail costs what noise costs: the same float32
+        # values as audiomentations' apply (tests/degradations/test_iir.py)
         nyquist = sr / 2.0
-        stages = []
-        if params.get("highpass"):
-            hp = params["highpass"]
-            t = HighPassFilter(min_rolloff=12, max_rolloff=48, zero_phase=True)
-            t.parameters = {
-                "should_apply": True,
-                "cutoff_freq": float(hp["freq_hz"]),
-                "rolloff": int(hp["rolloff_db"]),
-            }
-            stages.append(t)
-        for band, kind in (("low_shelf", LowShelfFilter), ("high_shelf", HighShelfFilter)):
-            b = params.get(band)
-            if b:
-                stages.append(_biquad(kind, min(b["freq_hz"], 0.45 * sr), b["gain_db"], b["q"]))
-        for b in params.get("peaks") or []:
-            stages.append(_biquad(PeakingFilter, min(b["freq_hz"], 0.45 * sr), b["gain_db"], b["q"]))
         y = x
         if len(x) >= 2:
-            for t in stages:
-                if isinstance(t, HighPassFilter) and (
-                    len(y) <= 3 * (2 * (t.parameters["rolloff"] // 12) + 1)
-                    or t.parameters["cutoff_freq"] >= nyquist
-                ):
-                    continue  # too short for forward-backward filtering (or nothing left to pass)
-                y = t.apply(np.ascontiguousarray(y, dtype=np.float32), sr)
+            hp = params.get("highpass")
+            if hp:
+                order = int(hp["rolloff_db"]) // 12
+                cutoff = float(hp["freq_hz"])
+                # too short for forward-backward filtering (or nothing left to pass): skipped
+                if len(y) > 3 * (2 * order + 1) and cutoff < nyquist:
+                    sos = butter(order, cutoff, btype="highpass", analog=False, fs=sr, output="sos")
+                    y = sosfiltfilt_settled(sos, y).astype(np.float32)
+            biquads = [
+                (kind, params.get(band))
+                for band, kind in (("low_shelf", LowShelfFilter), ("high_shelf", HighShelfFilter))
+            ]
+            biquads += [(PeakingFilter, b) for b in params.get("peaks") or []]
+            for kind, b in biquads:
+                if not b:
+                    continue
+                sos = _biquad_sos(kind, min(b["freq_hz"], 0.45 * sr), b["gain_db"], b["q"], sr)
+                y = sosfilt_settled(sos, y, zi=sosfilt_zi(sos) * y[0]).astype(np.float32)
         y = np.asarray(y, dtype=np.float32)
         return Applied(y.copy() if y is x else y, {"eq_bands": _describe(params)})
 
