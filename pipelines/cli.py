@@ -89,12 +89,25 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _origin(e: BaseException) -> BaseException:
+    """The exception a Ray task raised, for an error re-raised on the driver (``RayTaskError``); else ``e``.
+
+    Ray re-raises a task's exception on the driver as a subclass of both ``RayTaskError`` and the original class
+    (so a task's :class:`HiresError` is still caught as one), with the remote traceback as its message.
+    """
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException) and any(c.__name__ == "RayTaskError" for c in type(e).__mro__):
+        return cause
+    return e
+
+
 def _type_name(e: BaseException) -> str:
     cls = type(e)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _describe(e: BaseException) -> str:
+    e = _origin(e)
     msg = _one_line(str(e))
     if len(msg) > SUMMARY_CHARS:
         msg = msg[: SUMMARY_CHARS - 3] + "..."
@@ -159,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        print(f"hires: error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+        cause = _origin(e)
+        print(f"hires: error: {_one_line(str(cause)) or type(cause).__name__}", file=sys.stderr)
         return 2
     except Exception as e:
         if args.debug:

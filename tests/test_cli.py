@@ -220,3 +220,33 @@ def test_bad_numbers_are_usage_errors_naming_the_flag(argv, capsys):
     assert e.value.code == 2
     flag = argv[-2]
     assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_errors_raised_in_ray_tasks_are_reported_by_their_cause(fake_commands, monkeypatch, capsys):
+    """Ray re-raises a task's exception as RayTaskError(cause) whose message is the remote traceback."""
+    from ray.exceptions import RayTaskError
+
+    from datasets.errors import DataError
+
+    def remote(kind):
+        def run(args):
+            try:
+                raise kind("shard-000003.tar: member a.json does not decode")
+            except Exception as e:
+                raise RayTaskError(
+                    "render_shard", "Traceback (most recent call last):\n  ...\n", e
+                ).as_instanceof_cause() from e
+
+        return run
+
+    import hires_fake_commands
+
+    monkeypatch.setattr(hires_fake_commands, "run", remote(DataError))
+    assert main(["boom", "data"]) == 2
+    assert capsys.readouterr().err == "hires: error: shard-000003.tar: member a.json does not decode\n"
+    monkeypatch.setattr(hires_fake_commands, "run", remote(KeyError))
+    assert main(["boom", "data"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "hires: internal error: KeyError: 'shard-000003.tar: member a.json does not decode' ("
+    )
