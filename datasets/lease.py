@@ -16,7 +16,8 @@ Every change of the lease is a compare-and-swap, so two runs that start together
 * on S3, a conditional PUT: ``If-None-Match: *`` to create, ``If-Match: <ETag>`` to heartbeat or take over
   (AWS S3, MinIO and moto honour both), and a delete with ``If-Match`` to release (where a store refuses a
   conditional delete, the lease is read and compared first);
-* on local disk, read-compare-write under ``flock`` on the directory, and an atomic rename for the write.
+* on local disk, read-compare-write under ``flock`` on the directory (on NFS, which cannot lock a directory,
+  on a ``.lease.lock`` file beside the lease), and an atomic rename for the write.
 
 What is left: staleness compares the holder's clock (``heartbeat``) with the reader's, so hosts need roughly
 synchronised clocks (a skew of a few seconds against a stale time of minutes is harmless); an object store
@@ -49,6 +50,7 @@ from datasets.errors import HiresError, UsageError
 log = logging.getLogger(__name__)
 
 LEASE_NAME = ".lease.json"
+LOCK_NAME = ".lease.lock"  # only on filesystems that cannot lock a directory (NFS)
 DEFAULT_STALE_AFTER_S = 300.0
 DEFAULT_HEARTBEAT_S = 30.0
 _ATTEMPTS = (
@@ -85,7 +87,14 @@ class _LocalStore:
         os.makedirs(self.dir, exist_ok=True)
         fd = os.open(self.dir, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                # NFS emulates flock with byte-range locks, which need a file open for writing: every client of
+                # such a filesystem fails here alike and locks a file beside the lease instead
+                os.close(fd)
+                fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock

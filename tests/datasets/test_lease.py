@@ -216,3 +216,24 @@ def test_bad_timings_are_usage_errors(tmp_path, stale, beat):
 
     with pytest.raises(UsageError, match="lease"):
         acquire_lease(str(tmp_path), stale_after_s=stale, heartbeat_s=beat)
+
+
+def test_a_filesystem_that_cannot_lock_directories_locks_a_file(tmp_path, monkeypatch):
+    """NFS emulates flock with byte-range locks, which fail on a directory opened read-only."""
+    import errno
+    import fcntl
+    import os
+    import stat
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd, op):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    out = str(tmp_path / "run")
+    with hold_lease(out, stale_after_s=60), pytest.raises(LeaseHeldError):
+        acquire_lease(out)
+    assert (tmp_path / "run" / ".lease.lock").exists() and read_lease(out) is None
