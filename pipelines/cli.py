@@ -73,7 +73,10 @@ def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(name)
         except Exception as e:
             raise CommandImportError(f"command module {name} failed to import: {_describe(e)}") from e
-        module.register(sub)
+        try:
+            module.register(sub)
+        except Exception as e:
+            raise CommandImportError(f"command module {name} failed to register: {_describe(e)}") from e
     return parser
 
 
