@@ -180,3 +180,21 @@ def check_gan_phases(stage_name: str, start: int = 2, steps: int = 5) -> list[di
     assert all(m.keys() == metrics[0].keys() for m in metrics), "metric keys change between steps"
     assert all(math.isfinite(v) for m in metrics for v in m.values()), metrics
     return metrics
+
+
+def check_bf16_autocast(stage_name: str) -> None:
+    """The loop runs train_step and evaluate under autocast (bf16 on GPUs); CPU autocast exercises the same casts."""
+    stage, modules = build_bound(stage_name, tiny_config(stage_name, 0))
+    opt = RecordingOptimizers(modules)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        metrics = stage.train_step(fixed_batch(), 0, opt)
+        result = stage.evaluate([fixed_batch(seed=1, batch=1)])
+    opt.step()
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert all(math.isfinite(v) for v in result.metrics.values()), result.metrics
+    assert [name for name, _ in opt.calls] == ["discriminator", "generator"]
+    # the mel loss is computed in float32 whatever the autocast: the same value as outside it
+    batch = fixed_batch(seed=2, batch=1)["clean_48k"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = stage._log_mel(batch)
+    assert inside.dtype == torch.float32 and torch.equal(inside, stage._log_mel(batch))

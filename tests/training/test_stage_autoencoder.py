@@ -9,6 +9,7 @@ import torch
 from gan_helpers import (
     RecordingOptimizers,
     build_bound,
+    check_bf16_autocast,
     check_gan_phases,
     fixed_batch,
     run_ddp,
@@ -108,3 +109,7 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path):
         m["adversarial_weight"] for m in ranks[1]["metrics"]
     ]
     assert ranks[0]["metrics"][0]["mel_l1"] != ranks[1]["metrics"][0]["mel_l1"]
+
+
+def test_bf16_autocast():
+    check_bf16_autocast("autoencoder")

@@ -10,6 +10,7 @@ from gan_helpers import (
     CROP,
     RecordingOptimizers,
     build_bound,
+    check_bf16_autocast,
     check_gan_phases,
     fixed_batch,
     run_ddp,
@@ -98,3 +99,7 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path):
     assert ranks[0]["calls"] == ["generator"] * 2 + ["discriminator", "generator"] * 2
     # different data per rank: the losses differ, the parameters do not
     assert ranks[0]["metrics"][0]["mel_l1"] != ranks[1]["metrics"][0]["mel_l1"]
+
+
+def test_bf16_autocast():
+    check_bf16_autocast("vocoder")

@@ -70,10 +70,15 @@ class AutoencoderStage(Stage):
     def _module(self, name: str) -> nn.Module:
         return self.ddp.get(name, self.networks[name])
 
+    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        # float32 even under the loop's bf16 autocast: the filterbank matmul would otherwise round the loss target
+        with torch.autocast(self.device.type, enabled=False):
+            return self.mel(wave.float())
+
     def train_step(self, batch: dict, step: int, opt: Optimizers) -> dict[str, float]:
         vae, discriminator = self._module("generator"), self._module("discriminator")
         with torch.no_grad():
-            target = self.mel(batch["clean_48k"])
+            target = self._log_mel(batch["clean_48k"])
         recon, posterior = vae(target)
         recon = recon.float()
         # AudioLDM's reductions (module docstring): L1 summed per example, KL averaged per latent element
@@ -136,7 +141,7 @@ class AutoencoderStage(Stage):
         try:
             for batch in batches:
                 clean = batch["clean_48k"].to(self.device)
-                mel = self.mel(clean)
+                mel = self._log_mel(clean)
                 recon, posterior = vae(mel, sample_posterior=False)
                 recon = recon.float()
                 totals["mel_l1"] += float(mel_l1(recon, mel, per_example=True).sum())

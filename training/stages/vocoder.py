@@ -58,6 +58,11 @@ class VocoderStage(Stage):
     def _module(self, name: str) -> nn.Module:
         return self.ddp.get(name, self.networks[name])
 
+    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        # float32 even under the loop's bf16 autocast: the filterbank matmul would otherwise round the loss target
+        with torch.autocast(self.device.type, enabled=False):
+            return self.mel(wave.float())
+
     def _crop(self, wave: torch.Tensor) -> torch.Tensor:
         samples = wave.shape[-1] // self.hop * self.hop
         if samples == 0:
@@ -68,7 +73,7 @@ class VocoderStage(Stage):
         real = self._crop(batch["clean_48k"])
         generator, discriminator = self._module("generator"), self._module("discriminator")
         with torch.no_grad():
-            target_mel = self.mel(real)
+            target_mel = self._log_mel(real)
         fake = generator(target_mel)
         adversarial = step >= self.cfg.train.gan_start_step
         zero = torch.zeros((), device=real.device)
@@ -86,7 +91,7 @@ class VocoderStage(Stage):
             # the discriminator is only stepped after this call, so these are also the generator step's targets
             real_features = [[f[:n].detach() for f in maps] for _, maps in outputs]
 
-        mel_loss = mel_l1(self.mel(fake), target_mel)
+        mel_loss = mel_l1(self._log_mel(fake), target_mel)
         g_loss = self.weights["mel"] * mel_loss
         if adversarial:
             plain = unwrap(discriminator)
@@ -118,10 +123,10 @@ class VocoderStage(Stage):
             for batch in batches:
                 clean = batch["clean_48k"].to(self.device)
                 samples = clean.shape[-1]
-                mel = self.mel(clean)
+                mel = self._log_mel(clean)
                 output = generator(mel)[..., :samples]
                 sc, log_mag = multi_resolution_stft_distance(output, clean)
-                totals["mel_l1"] += float(mel_l1(self.mel(output), mel, per_example=True).sum())
+                totals["mel_l1"] += float(mel_l1(self._log_mel(output), mel, per_example=True).sum())
                 totals["stft_sc"] += float(sc.sum())
                 totals["stft_log_mag"] += float(log_mag.sum())
                 count += clean.shape[0]
