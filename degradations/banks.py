@@ -5,6 +5,8 @@ receive it; decoded audio lives in a per-process LRU cache bounded in bytes (sha
 the process), so each worker decodes a bank file once however many samples use it. Audio is returned as float32
 mono at the bank sample rate (noise files are downmixed; RIRs keep their first channel, since averaging
 microphones would smear the direct path). The cache holds 384 MB by default; ``HIRES_BANK_CACHE_MB`` overrides it.
+What operators compute from an entry alone (a prepared RIR, its spectrum) is kept the same way, once per process,
+in a second cache of the same size (:meth:`Banks.derived`).
 
 :meth:`Banks.catalog` is what :func:`degradations.plan` sees: ids sorted, frames and RIR acoustics, no paths, so a
 plan does not depend on where the files live or in which order a manifest lists them.
@@ -17,7 +19,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,33 +45,43 @@ class BankEntry:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _nbytes(value: Any) -> int:
+    """Bytes held by a cached value: an array, or a tuple of arrays and small scalars."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    return 64
+
+
 class _ByteLRU:
-    """Thread-safe LRU of numpy arrays bounded by their total ``nbytes``."""
+    """Thread-safe LRU of numpy arrays (or tuples of them) bounded by their total ``nbytes``."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self.items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.items: OrderedDict[tuple, Any] = OrderedDict()
         self.lock = threading.Lock()
         self.misses = 0
 
-    def get(self, key: tuple) -> np.ndarray | None:
+    def get(self, key: tuple) -> Any:
         with self.lock:
-            arr = self.items.get(key)
-            if arr is not None:
+            value = self.items.get(key)
+            if value is not None:
                 self.items.move_to_end(key)
-            return arr
+            return value
 
-    def put(self, key: tuple, arr: np.ndarray) -> None:
+    def put(self, key: tuple, value: Any) -> None:
         with self.lock:
             self.misses += 1
-            if arr.nbytes > self.max_bytes or key in self.items:
+            size = _nbytes(value)
+            if size > self.max_bytes or key in self.items:
                 return
-            self.items[key] = arr
-            self.nbytes += arr.nbytes
+            self.items[key] = value
+            self.nbytes += size
             while self.nbytes > self.max_bytes:
                 _, old = self.items.popitem(last=False)
-                self.nbytes -= old.nbytes
+                self.nbytes -= _nbytes(old)
 
     def clear(self) -> None:
         with self.lock:
@@ -89,6 +101,9 @@ def _cache_limit() -> int:
 
 
 _CACHE = _ByteLRU(_cache_limit())
+# what operators derive from bank audio (prepared RIRs, their spectra): its own budget, so that it never evicts
+# decoded audio (decoding is the expensive part)
+_DERIVED = _ByteLRU(_cache_limit())
 _RIR_METRICS: dict[
     tuple, dict[str, float | None]
 ] = {}  # measured once per RIR and process (a few floats each)
@@ -98,6 +113,20 @@ ROOM_KEYS = ("rt60", "drr", "c50")
 def audio_cache() -> _ByteLRU:
     """The process-wide decoded-audio cache (exposed for tests and for sizing)."""
     return _CACHE
+
+
+def derived_cache() -> _ByteLRU:
+    """The process-wide cache of values derived from bank audio (see :meth:`Banks.derived`)."""
+    return _DERIVED
+
+
+def _read_only(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+    elif isinstance(value, tuple):
+        for v in value:
+            _read_only(v)
+    return value
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -150,6 +179,12 @@ class Banks:
         self._entries = {"noise": dict(noise or {}), "rir": dict(rir or {})}
         # in-memory banks (tests, benchmarks) travel with the object instead of living in the process cache
         self._arrays = dict(arrays or {})
+        self._held_derived: dict[tuple, Any] = {}  # derived values of in-memory entries (not pickled)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_held_derived"] = {}
+        return state
 
     # ------------------------------------------------------------------------------------------ construction
 
@@ -230,6 +265,28 @@ class Banks:
                 _RIR_METRICS[key] = measured
             info = {k: (v if v is not None else measured[k]) for k, v in info.items()}
         return info
+
+    def derived(self, kind: str, bank_id: str, what: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, a value derived from entry ``bank_id`` alone and named by ``what`` (e.g. a RIR's spectrum at
+        one FFT size), computed once per process and entry and then shared, read-only.
+
+        File entries keep derived values in a process-wide LRU bounded like the audio cache (by the same
+        ``HIRES_BANK_CACHE_MB``, separately from it); in-memory entries keep them on this object. ``what`` must
+        name everything besides the entry's audio and ``self.sr`` that the value depends on.
+        """
+        entry = self.entry(kind, bank_id)
+        if (kind, bank_id) in self._arrays:
+            key = (kind, bank_id, *what)
+            value = self._held_derived.get(key)
+            if value is None:
+                value = self._held_derived[key] = _read_only(make())
+            return value
+        key = (kind, entry.path, self.sr, *what)
+        value = _DERIVED.get(key)
+        if value is None:
+            value = _read_only(make())
+            _DERIVED.put(key, value)
+        return value
 
     def _audio(self, kind: str, bank_id: str) -> np.ndarray:
         entry = self.entry(kind, bank_id)
