@@ -26,6 +26,7 @@ batches), so tests drive it in-process or in plain ``torch.distributed`` process
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -276,30 +277,47 @@ def _code_version(config: dict) -> str:
 
 # ----- the loop ---------------------------------------------------------------------------------------------------
 class _Batches:
-    """The data position (epoch, batch) and an iterator continuing from it across epochs."""
+    """The data position and an iterator continuing from it across epochs.
+
+    ``epoch``/``batch`` is the position of the next batch to train on (what checkpoints keep); :meth:`peek` reads
+    batches ahead without consuming them (ldm's scale factor is measured on the first training batches, read
+    once: a second, abandoned iterator would stall a Ray Data streaming split in online mode).
+    """
 
     def __init__(self, source: TrainBatches, epoch: int, batch: int, stats: dict) -> None:
         self.source, self.epoch, self.batch, self.stats = source, epoch, batch, stats
+        self._read_epoch, self._read_batch = epoch, batch
         self._it: Iterator[dict] | None = None
+        self._ahead: collections.deque[tuple[int, int, dict]] = collections.deque()
 
-    def next(self) -> dict:
+    def _read(self) -> tuple[int, int, dict]:
         for _ in range(2):
             if self._it is None:
-                self._it = iter(self.source(self.epoch, self.batch, self.stats))
+                self._it = iter(self.source(self._read_epoch, self._read_batch, self.stats))
             try:
                 item = next(self._it)
             except StopIteration:
                 self._it = None
-                if self.batch == 0:
+                if self._read_batch == 0:
                     break
-                self.epoch, self.batch = self.epoch + 1, 0
+                self._read_epoch, self._read_batch = self._read_epoch + 1, 0
                 continue
-            self.batch += 1
-            return item
+            self._read_batch += 1
+            return self._read_epoch, self._read_batch, item
         raise DataError(
-            f"epoch {self.epoch} has no batches for this rank: the training data is smaller than one batch per "
-            "worker (fewer samples, a smaller batch_size or fewer workers)"
+            f"epoch {self._read_epoch} has no batches for this rank: the training data is smaller than one batch "
+            "per worker (fewer samples, a smaller batch_size or fewer workers)"
         )
+
+    def peek(self, n: int) -> list[dict]:
+        while len(self._ahead) < n:
+            self._ahead.append(self._read())
+        return [item for _, _, item in list(self._ahead)[:n]]
+
+    def next(self) -> dict:
+        epoch, batch, item = self._ahead.popleft() if self._ahead else self._read()
+        self.epoch, self.batch = epoch, batch
+        return item
 
     def close(self) -> None:
         close = getattr(self._it, "close", None)
@@ -379,14 +397,7 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
         ckpt.seed_everything(seed * 1_000_003 + ctx.rank)  # distinct noise/dropout per rank
         data = _Batches(ctx.train_batches, 0, 0, stats)
         n_setup = int(getattr(stage, "setup_batches", 0))
-        if n_setup:
-            probe = _Batches(ctx.train_batches, 0, 0, {})
-            try:
-                stage.setup([_to_device(probe.next(), ctx.device) for _ in range(n_setup)])
-            finally:
-                probe.close()
-        else:
-            stage.setup([])
+        stage.setup([_to_device(b, ctx.device) for b in data.peek(n_setup)] if n_setup else [])
         last_metrics = {}
 
     logger = ctx.logger
