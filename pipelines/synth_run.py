@@ -18,7 +18,6 @@ identity is refused unless ``force``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from datasets import storage
 from datasets.audio import is_uri
@@ -116,13 +116,10 @@ def check_existing(out: str, identity: dict, force: bool) -> None:
 
 
 def _lease(out: str):
-    """The run's lease on ``out``: one synthesis job per directory at a time."""
-    try:
-        from datasets.lease import hold_lease
-    except ModuleNotFoundError as e:
-        if e.name != "datasets.lease":
-            raise
-        return contextlib.nullcontext()
+    """The run's lease on ``out``: one synthesis job writes a directory at a time; a second one fails at once
+    naming the owner (:mod:`datasets.lease`)."""
+    from datasets.lease import hold_lease
+
     return hold_lease(out, what="synth")
 
 
@@ -205,10 +202,14 @@ def run_synth(
         "rir": _normalize_input(rir),
     }
     identity = run_identity(cfg, seed, manifests)
-    with _lease(out):
-        check_existing(out, identity, force)
-        started, cpus = init_ray(address, num_cpus, quiet=not progress)  # before writing: fails fast
-        try:
+    if not force:
+        check_existing(out, identity, force)  # a mismatch fails before Ray starts (it only reads)
+    started, cpus = init_ray(
+        address, num_cpus, quiet=not progress
+    )  # before writing: a bad address fails fast
+    try:
+        with _lease(out):
+            check_existing(out, identity, force)  # again: the directory is ours only from here
             plan, data = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
             return _render(
                 out,
@@ -223,9 +224,9 @@ def run_synth(
                 progress,
                 on_shard,
             )
-        finally:
-            if started:
-                ray.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def render_synth(
@@ -254,7 +255,10 @@ def render_synth(
         raise DataError(
             f"{plan_path}: the plan does not record its recipe (made by an older hires): plan again"
         )
-    cfg = SynthConfig.model_validate(recipe["config"])
+    try:
+        cfg = SynthConfig.model_validate(recipe["config"])
+    except ValidationError as e:
+        raise DataError(f"{plan_path}: the recipe's config is invalid: {e}") from None
     check_backends(cfg.chain)
     manifests = dict(recipe["manifests"])
     identity = run_identity(cfg, int(recipe["seed"]), manifests)
@@ -265,11 +269,13 @@ def render_synth(
         )
     resolved = cfg.model_copy(deep=True)
     resolved.shards.samples_per_shard = int(recipe["samples_per_shard"])
-    with _lease(out):
-        data = storage.read_bytes(plan_path)
-        table = pq.read_table(pa.BufferReader(data), columns=["shard", "split", "key"], use_threads=False)
-        started, cpus = init_ray(address, num_cpus, quiet=not progress)
-        try:
+    started, cpus = init_ray(address, num_cpus, quiet=not progress)
+    try:
+        with _lease(out):
+            data = storage.read_bytes(plan_path)
+            if read_plan_metadata(plan_path)[0] != stored:
+                raise IncompatibleError(f"{plan_path}: replaced by another plan while this render started")
+            table = pq.read_table(pa.BufferReader(data), columns=["shard", "split", "key"], use_threads=False)
             stats = PlanStats(**recipe["stats"])
             return _render(
                 out,
@@ -284,9 +290,9 @@ def render_synth(
                 progress,
                 on_shard,
             )
-        finally:
-            if started:
-                ray.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _render(

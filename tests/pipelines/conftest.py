@@ -44,7 +44,7 @@ def ray_session(_ray_state):
 
 @pytest.fixture
 def synth_cfg():
-    from pipelines.synth_config import load_synth_config
+    from datasets.synth_config import load_synth_config
 
     return load_synth_config(overrides={"shards.samples_per_shard": SAMPLES_PER_SHARD})
 
@@ -54,8 +54,8 @@ def reference_run(tmp_path_factory, demo_inputs, _ray_state) -> Path:
     """One uninterrupted run on the shared local Ray (2 workers): what every other run must reproduce."""
     import ray
 
-    from pipelines.synth import run_synth
-    from pipelines.synth_config import load_synth_config
+    from datasets.synth_config import load_synth_config
+    from pipelines.synth_run import run_synth
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

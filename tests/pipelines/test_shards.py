@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 from synth_helpers import copy_run
 
 from datasets.audio import audio_info, decode_audio
+from datasets.shards import find_raw_sample
 from pipelines.cli import main
-from pipelines.shards import find_sample, verify_shards
+from pipelines.shards import verify_shards
 
 
 def test_verify_passes_on_a_fresh_run(reference_run, capsys):
@@ -72,7 +73,7 @@ def test_webdataset_reads_the_shards_unmodified(reference_run):
         by_key[sample["__key__"]] = sample
     plan = pq.read_table(reference_run / "plan.parquet").column("key").to_pylist()
     assert seen == plan  # plan order, nothing lost or duplicated
-    one = find_sample(str(reference_run), plan[3])  # what `hires shards inspect` reads
+    one = find_raw_sample(str(reference_run), plan[3])  # what `hires shards inspect` reads
     assert (one.clean, one.degraded) == (by_key[plan[3]]["clean.flac"], by_key[plan[3]]["degraded.flac"])
 
 

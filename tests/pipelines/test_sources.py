@@ -6,9 +6,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from datasets import storage
+from datasets import storage, synth_render
 from datasets.audio import encode_audio
-from pipelines import synth
 
 
 def test_remote_source_is_fetched_once_per_run_of_segments(monkeypatch):
@@ -26,15 +25,14 @@ def test_remote_source_is_fetched_once_per_run_of_segments(monkeypatch):
         for i in range(3)
     ]
     for i, row in enumerate(rows):
-        y, got_sr = synth._read_source(row, remote)
+        y, got_sr = synth_render.read_source(row, remote)
         assert got_sr == sr
         np.testing.assert_allclose(y, x[i * sr : (i + 1) * sr], atol=2**-22)
     assert fetched == ["memory://bucket/long.flac"]
 
 
 def test_missing_remote_source_fails_the_task_instead_of_becoming_a_reject(monkeypatch):
-    monkeypatch.setattr(synth.time, "sleep", lambda s: None)
+    monkeypatch.setattr(synth_render.time, "sleep", lambda s: None)
     row = {"path": "memory://bucket/missing.flac", "key": "missing_0000", "offset": 0, "frames": 10}
     with pytest.raises(OSError, match="cannot read the source of missing_0000"):
-        synth._read_source(row, {})
-
+        synth_render.read_source(row, {})

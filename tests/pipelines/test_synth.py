@@ -27,8 +27,16 @@ from synth_helpers import (
 
 from datasets.audio import decode_audio
 from datasets.manifest import read_manifest
-from pipelines.synth import make_plan, plan_bytes, run_synth, segment_utterance
-from pipelines.synth_config import load_synth_config
+from datasets.synth_config import load_synth_config
+from datasets.synth_plan import (
+    auto_samples_per_shard,
+    format_plan_summary,
+    make_plan,
+    plan_bytes,
+    plan_summary,
+    segment_utterance,
+)
+from pipelines.synth_run import plan_synth, render_synth, run_synth
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -66,7 +74,9 @@ def test_plan_orders_keys_groups_shards_and_is_deterministic(demo_inputs, synth_
 
     catalog = Banks.from_manifests(demo_inputs["noise"], demo_inputs["rir"], sr=48_000).catalog()
     clean = read_manifest(demo_inputs["clean"])
-    table, stats = make_plan(clean, synth_cfg, SEED, catalog)
+    plan = make_plan(clean, synth_cfg, SEED, catalog)
+    table, stats = plan.table, plan.stats
+    assert plan.cfg.shards.samples_per_shard == SAMPLES_PER_SHARD
     rows = table.to_pylist()
     assert stats.utterances == len(clean) and stats.segments == len(rows) > 2 * SAMPLES_PER_SHARD
     keys = [r["key"] for r in rows]
@@ -83,14 +93,54 @@ def test_plan_orders_keys_groups_shards_and_is_deterministic(demo_inputs, synth_
         assert len({r["split"] for r in members}) == 1
     assert all(json.loads(r["steps"]) for r in rows)
     # same inputs, same bytes; one row group per shard
-    table2, _ = make_plan(clean, synth_cfg, SEED, catalog)
+    table2 = make_plan(clean, synth_cfg, SEED, catalog).table
     data = plan_bytes(table, {"seed": SEED})
     assert data == plan_bytes(table2, {"seed": SEED})
     assert pq.ParquetFile(io.BytesIO(data)).num_row_groups == len({r["shard"] for r in rows})
     # another seed draws other chains for the same keys
-    table3, _ = make_plan(clean, synth_cfg, SEED + 1, catalog)
+    table3 = make_plan(clean, synth_cfg, SEED + 1, catalog).table
     assert table3.column("key").to_pylist() == keys
     assert table3.column("steps").to_pylist() != table.column("steps").to_pylist()
+
+
+def test_auto_shard_size_follows_the_corpus_size_only(demo_inputs):
+    from degradations import Banks
+
+    # enough shards for 64 workers, 16..512 samples each
+    assert [auto_samples_per_shard(n) for n in (1, 100, 64 * 16, 64 * 16 + 1, 64 * 300, 10**7)] == [
+        16,
+        16,
+        16,
+        17,
+        300,
+        512,
+    ]
+    catalog = Banks.from_manifests(demo_inputs["noise"], demo_inputs["rir"], sr=48_000).catalog()
+    clean = read_manifest(demo_inputs["clean"])
+    auto = make_plan(clean, load_synth_config(), SEED, catalog)
+    assert load_synth_config().shards.samples_per_shard == "auto"
+    assert auto.cfg.shards.samples_per_shard == 16  # a small corpus: the lower bound
+    explicit = make_plan(clean, load_synth_config(overrides={"shards.samples_per_shard": 3}), SEED, catalog)
+    assert explicit.cfg.shards.samples_per_shard == 3
+    assert max(explicit.table.column("position").to_pylist()) == 2
+
+
+def test_plan_summary_counts_samples_operators_and_codecs(demo_inputs, synth_cfg):
+    from degradations import Banks
+
+    catalog = Banks.from_manifests(demo_inputs["noise"], demo_inputs["rir"], sr=48_000).catalog()
+    table = make_plan(read_manifest(demo_inputs["clean"]), synth_cfg, SEED, catalog).table
+    summary = plan_summary(table, 5.12)
+    rows = table.to_pylist()
+    assert summary["samples"] == len(rows) and summary["hours"] == pytest.approx(
+        len(rows) * 5.12 / 3600, abs=1e-4
+    )
+    assert sum(s["samples"] for s in summary["splits"].values()) == len(rows)
+    assert summary["ops"]["loudness"] == len(rows)
+    codec_rows = [r for r in rows if '"op":"codec"' in r["steps"]]
+    assert summary["ops"].get("codec", 0) == sum(summary["codecs"].values()) == len(codec_rows)
+    text = "\n".join(format_plan_summary(summary))
+    assert f"{len(rows)} samples" in text and "loudness" in text and "train" in text
 
 
 # --------------------------------------------------------------------------------------------- shard layout
@@ -214,6 +264,42 @@ def test_resume_after_killing_the_job_matches_an_uninterrupted_run(
     assert_same_run(reference_run, out)
 
 
+def test_cli_plan_then_render_equals_the_one_go_run(
+    reference_run, demo_inputs, ray_session, tmp_path, capsys
+):
+    from pipelines.cli import main
+
+    out = tmp_path / "two-step"
+    argv = synth_argv(demo_inputs, str(out))[4:]  # after `python -m pipelines -q`
+    assert main(["synth", "plan", *argv[1:]]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["plan.parquet"]
+    samples = json.loads((reference_run / "index.json").read_text())["totals"]["samples"]
+    assert f"{samples} samples" in printed and "hires synth render" in printed and "noise" in printed
+    assert main(["-q", "synth", "render", str(out)]) == 0
+    assert_same_run(reference_run, out)
+
+
+def test_render_needs_a_plan_with_unchanged_inputs(demo_inputs, tmp_path, capsys):
+    import shutil
+
+    from datasets.errors import IncompatibleError
+    from datasets.manifest import write_manifest
+    from pipelines.cli import main
+
+    assert main(["synth", "render", str(tmp_path / "empty")]) == 2
+    assert "no plan" in capsys.readouterr().err
+    noise = tmp_path / "noise.parquet"
+    shutil.copyfile(demo_inputs["noise"], noise)
+    cfg = load_synth_config(overrides={"shards.samples_per_shard": 2})
+    out = tmp_path / "run"
+    plan_synth(demo_inputs["clean"], str(noise), demo_inputs["rir"], str(out), cfg, seed=1)
+    rows = read_manifest(str(noise)).to_dict("records")[:-1]
+    write_manifest(rows, noise, kind="noise")  # the bank changed after planning
+    with pytest.raises(IncompatibleError, match="manifests"):
+        render_synth(str(out))
+
+
 def test_rerun_with_another_seed_or_config_is_refused_unless_forced(demo_inputs, ray_session, tmp_path):
     from datasets.manifest import write_manifest
 
@@ -331,7 +417,7 @@ def test_cli_unreachable_cluster_is_a_one_line_error_before_anything_is_written(
 
 
 def test_shipped_yaml_equals_the_model_defaults():
-    from pipelines.synth_config import SynthConfig, output_sha256
+    from datasets.synth_config import SynthConfig, output_sha256
 
     shipped, defaults = load_synth_config(), SynthConfig()
     for section in ("segment", "shards", "ray"):
