@@ -150,8 +150,11 @@ def active_speech_level(
     n = len(x)
     block = max(1, int(round(sr / 1000.0)))
     n_blocks = max(1, -(-n // block))
-    x64 = np.zeros(n_blocks * block, dtype=np.float64)
-    x64[:n] = x
+    if n == n_blocks * block:
+        x64 = np.asarray(x, dtype=np.float64)
+    else:
+        x64 = np.zeros(n_blocks * block, dtype=np.float64)
+        x64[:n] = x
     energy = float(np.sum(np.square(x64)))  # not np.dot: BLAS sums in a thread-count dependent order
     if n == 0 or energy <= 0.0 or not math.isfinite(energy):
         return SpeechLevel(SILENCE_DB, 0.0, np.zeros(n_blocks, dtype=bool), block, n)

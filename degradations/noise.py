@@ -107,27 +107,35 @@ class Noise(Degradation):
         if len(x) == 0:
             return Applied(x.copy(), report)
         seg, offset = noise_excerpt(banks.noise(nid), len(x), float(params["offset_fraction"]))
-        seg64 = seg.astype(np.float64)
         report["noise_offset"] = offset
         level = active_speech_level(x, sr)
         report["speech_activity"] = level.activity
-        if level.silent:
+        mask = None if level.silent else level.mask()
+        # powers in float64 of the float32 samples (float32 -> float64 is exact: same sums as a float64 copy)
+        if mask is None:
             p_speech = 10.0 ** (float(params["reference_level_db"]) / 10.0)
-            p_noise = float(np.mean(np.square(seg64)))
+            p_noise = _mean_square(seg)
         else:
             p_speech = level.power
-            p_noise = float(np.mean(np.square(seg64[level.mask()])))
+            p_noise = _mean_square(seg[mask])
             if p_noise <= 0.0:  # the excerpt is silent while speech is active: fall back to its overall power
-                p_noise = float(np.mean(np.square(seg64)))
+                p_noise = _mean_square(seg)
         if p_noise <= 0.0:
             return Applied(x.copy(), report)
         gain = math.sqrt(p_speech / (p_noise * 10.0 ** (float(params["snr_db"]) / 10.0)))
-        added = (seg64 * gain).astype(np.float32)
-        y = (x + added).astype(np.float32)
-        if not level.silent:
+        # the float64 product of each sample with the gain, rounded once to float32
+        added = np.multiply(
+            seg, gain, dtype=np.float64, out=np.empty(len(seg), np.float32), casting="same_kind"
+        )
+        y = x + added
+        if mask is not None:
             # what the output actually carries after float32 rounding, on the same active samples
-            report["achieved_snr_db"] = _achieved(level.power, (y - x)[level.mask()])
+            report["achieved_snr_db"] = _achieved(level.power, (y - x)[mask])
         return Applied(y, report)
+
+
+def _mean_square(x: np.ndarray) -> float:
+    return float(np.mean(np.square(x, dtype=np.float64)))
 
 
 def _achieved(p_speech: float, noise_on_active: np.ndarray) -> float | None:
