@@ -242,7 +242,9 @@ def load_init(stage: Stage, modules: dict[str, nn.Module], source: str, tracking
     """Start a fresh run from the weights of a model directory of the same stage (``--init``)."""
     loaded = load_model(source, tracking_uri)
     if loaded.stage != stage.name:
-        raise IncompatibleError(f"--init {source} is a {loaded.stage} model, not a {stage.name} model")
+        raise IncompatibleError(
+            f"--init {source} is a model of stage {loaded.stage}, this run trains {stage.name}"
+        )
     names = stage.inference_modules
     if len(names) != 1:
         raise IncompatibleError(f"--init: stage {stage.name} has {len(names)} inference modules, expected 1")

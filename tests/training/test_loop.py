@@ -136,3 +136,22 @@ def test_empty_epoch_is_a_data_error():
     ctx = local_context(MemoryBatches(STREAMS, per_epoch=0))
     with pytest.raises(DataError, match="no batches"):
         run(loop_config(cfg), ctx)
+
+
+def test_init_weights_start_a_fresh_run(tmp_path):
+    from loop_helpers import random_model_dir
+
+    from datasets.errors import IncompatibleError
+    from training.model_dir import load_model
+
+    init = random_model_dir(tmp_path / "init", "recovery", seed=7)
+    cfg = stage_config("recovery", steps=1, **{"optimizer.lr": 1e-12, "ema.enabled": False})
+    config = loop_config(cfg)
+    config["models"] = {"init": str(init)}
+    out = run(config, local_context(MemoryBatches(STREAMS)))
+    start = load_model(init).network.state_dict()
+    trained = out["stage"].network.state_dict()
+    assert all(torch.allclose(trained[k], v, atol=1e-6) for k, v in start.items())
+    config["models"] = {"init": str(random_model_dir(tmp_path / "vae", "autoencoder"))}
+    with pytest.raises(IncompatibleError, match="is a model of stage autoencoder, this run trains recovery"):
+        run(config, local_context(MemoryBatches(STREAMS)))

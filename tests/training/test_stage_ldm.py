@@ -150,7 +150,8 @@ def test_cross_stage_mismatches_name_both_models(tmp_path, frozen_dirs):
         check_compatible(ldm, rec, vae, voc)
 
     with pytest.raises(
-        IncompatibleError, match=r"is a recovery model, but the ldm config needs a autoencoder"
+        IncompatibleError,
+        match=r"is a model of stage recovery, but the ldm config needs a model of stage autoencoder",
     ):
         check_compatible(ldm, rec, rec)
     lines = []

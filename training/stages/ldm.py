@@ -68,7 +68,8 @@ def check_compatible(
     for role, loaded in (("recovery", recovery), ("autoencoder", autoencoder), ("vocoder", vocoder)):
         if loaded is not None and loaded.stage != role:
             raise IncompatibleError(
-                f"{_name(loaded, role)} is a {loaded.stage} model, but {ldm_name} needs a {role} model there"
+                f"{_name(loaded, role)} is a model of stage {loaded.stage}, but {ldm_name} needs a model of stage "
+                f"{role} there"
             )
     vae_name = _name(autoencoder, "the autoencoder")
     z = autoencoder.config.model.z_channels
