@@ -225,7 +225,7 @@ def plan_summary(table: pa.Table, segment_seconds: float = SegmentConfig().secon
     seconds = float(segment_seconds)
     splits: dict[str, dict[str, Any]] = {}
     ops: Counter[str] = Counter()
-    codecs: Counter[str] = Counter()
+    codecs: dict[str, Counter[str]] = {}
     for row in rows:
         split = splits.setdefault(row["split"], {"samples": 0, "shards": set()})
         split["samples"] += 1
@@ -234,7 +234,7 @@ def plan_summary(table: pa.Table, segment_seconds: float = SegmentConfig().secon
             ops[step["op"]] += 1
             if step["op"] == "codec":
                 params = step["params"]
-                codecs[f"{params['codec']} {float(params['bitrate_kbps']):g} kbps"] += 1
+                codecs.setdefault(params["codec"], Counter())[f"{float(params['bitrate_kbps']):g}"] += 1
     ordered = sorted(splits, key=lambda s: (SPLIT_ORDER.get(s, len(SPLIT_ORDER)), s))
     return {
         "samples": len(rows),
@@ -249,7 +249,14 @@ def plan_summary(table: pa.Table, segment_seconds: float = SegmentConfig().secon
             for s in ordered
         },
         "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "codecs": dict(sorted(codecs.items(), key=lambda kv: (-kv[1], kv[0]))),
+        # codec -> {"samples": n, "kbps": {bit rate: n}}, most drawn first
+        "codecs": {
+            name: {
+                "samples": sum(rates.values()),
+                "kbps": dict(sorted(rates.items(), key=lambda kv: float(kv[0]))),
+            }
+            for name, rates in sorted(codecs.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+        },
     }
 
 
@@ -264,7 +271,9 @@ def format_plan_summary(summary: dict[str, Any]) -> list[str]:
     lines.append("operators (samples that draw each):")
     lines += [f"  {op:<12} {c:>7}  {100 * c / n:5.1f} %" for op, c in summary["ops"].items()]
     if summary["codecs"]:
-        total = sum(summary["codecs"].values())
-        lines.append(f"codec mix ({total} samples):")
-        lines += [f"  {name:<22} {c:>7}  {100 * c / total:5.1f} %" for name, c in summary["codecs"].items()]
+        total = sum(c["samples"] for c in summary["codecs"].values())
+        lines.append(f"codec mix ({total} samples; samples per bit rate in kbps):")
+        for name, c in summary["codecs"].items():
+            rates = ", ".join(f"{rate}: {k}" for rate, k in c["kbps"].items())
+            lines.append(f"  {name:<12} {c['samples']:>7}  {100 * c['samples'] / total:5.1f} %  ({rates})")
     return lines

@@ -88,3 +88,10 @@ def test_ray_data_read_webdataset_reads_the_shards(reference_run, ray_session):
     clean, sr = decode_audio(row["clean.flac"])
     assert sr == 48_000 and clean.shape == (245_760,)
     assert json.loads(row["json"])["key"] == row["__key__"]
+
+
+def test_inspect_never_writes_outside_its_folder(reference_run, tmp_path, capsys):
+    look = tmp_path / "look"
+    assert main(["shards", "inspect", str(reference_run), "--key", "../../escape", "--out", str(look)]) == 2
+    assert "not a sample key" in capsys.readouterr().err
+    assert not look.exists() and not (tmp_path.parent / "escape.clean.wav").exists()

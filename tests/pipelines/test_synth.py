@@ -138,7 +138,9 @@ def test_plan_summary_counts_samples_operators_and_codecs(demo_inputs, synth_cfg
     assert sum(s["samples"] for s in summary["splits"].values()) == len(rows)
     assert summary["ops"]["loudness"] == len(rows)
     codec_rows = [r for r in rows if '"op":"codec"' in r["steps"]]
-    assert summary["ops"].get("codec", 0) == sum(summary["codecs"].values()) == len(codec_rows)
+    assert summary["ops"].get("codec", 0) == len(codec_rows)
+    assert sum(c["samples"] for c in summary["codecs"].values()) == len(codec_rows)
+    assert all(c["samples"] == sum(c["kbps"].values()) for c in summary["codecs"].values())
     text = "\n".join(format_plan_summary(summary))
     assert f"{len(rows)} samples" in text and "loudness" in text and "train" in text
 
@@ -426,3 +428,17 @@ def test_shipped_yaml_equals_the_model_defaults():
     faster = load_synth_config(overrides={"ray.cpus_per_task": 2.0})
     assert output_sha256(faster) == output_sha256(shipped)
     assert output_sha256(load_synth_config(overrides={"segment.tail": "drop"})) != output_sha256(shipped)
+
+
+def test_a_second_run_on_the_same_directory_fails_at_once_naming_the_owner(demo_inputs, tmp_path, capsys):
+    from datasets.lease import hold_lease
+    from pipelines.cli import main
+
+    out = tmp_path / "busy"
+    argv = synth_argv(demo_inputs, str(out))[5:]  # the flags after `synth`
+    with hold_lease(str(out), what="synth"):
+        assert main(["synth", "plan", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "hires synth" in err
+    assert not (out / "plan.parquet").exists()
+    assert main(["synth", "plan", *argv]) == 0  # released: the directory is free again
