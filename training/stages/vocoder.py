@@ -5,6 +5,10 @@ and (detached) generated crops; the generator minimises ``mel * L1(log-mel) + fe
 * LSGAN`` (45, 2, 1 by default). Before ``train.gan_start_step`` the generator learns from the mel L1 alone and the
 discriminator is neither run nor updated (it receives no gradient, so its optimiser step changes nothing).
 
+The loop steps the optimisers after the whole step, so the generator's adversarial terms see the discriminator
+of before this step's update (HiFi-GAN steps the discriminator first); the real crops' feature maps of the
+discriminator pass are therefore reused as the feature-matching targets.
+
 Crops are whole mel hops (``k * 480`` samples): the generator turns ``k`` frames into exactly the crop.
 Evaluation vocodes full-length clean samples and reports the mel L1 and the multi-resolution STFT distance.
 """
