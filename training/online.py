@@ -7,7 +7,8 @@ worker receives the same number of rows, and each worker reads its part with
 
 **Same samples as synthesis.** The clean manifest is segmented and planned by the synthesis code itself
 (:func:`datasets.synth_plan.plan_rows`) and each sample rendered by :func:`datasets.synth_render.render_sample`:
-the arrays synthesis FLAC-encodes. Only the train split is used. Epoch ``e`` plans with the seed
+the arrays synthesis FLAC-encodes. Training renders the train split; evaluation (:func:`online_eval_batches`) the
+valid split, or fixed train samples without one. Epoch ``e`` plans with the seed
 :func:`epoch_seed` ``(seed, e)``, which is the synthesis seed itself for ``e = 0``: epoch 0 reproduces a shard run
 of that seed to within PCM_24 quantisation, and every later epoch draws fresh degradations. Each epoch visits the
 samples in a permutation drawn from ``(DataSpec.seed, e)``.
@@ -46,7 +47,7 @@ import numpy as np
 
 from datasets.errors import DataError
 from datasets.manifest import stable_hash
-from training.data import DataSpec, as_spec, collate, crop_rng, prepare_pair
+from training.data import TRAIN_SPLIT, VALID_SPLIT, DataSpec, as_spec, collate, crop_rng, prepare_pair
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,14 @@ def _online(spec: DataSpec) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _synth(clean: str, noise: str, rir: str, synth_config: str | None):
-    """(config, banks, clean manifest of the train split) once per process."""
+    """(config, banks, clean manifest) once per process."""
     from datasets.manifest import read_manifest
     from datasets.synth_config import load_synth_config
     from datasets.synth_render import cached_banks
 
     cfg = load_synth_config(synth_config)
     banks = cached_banks(noise, rir, cfg.segment.sample_rate)
-    df = read_manifest(clean, kind="speech")
-    return cfg, banks, df[df["split"] == "train"].reset_index(drop=True)
+    return cfg, banks, read_manifest(clean, kind="speech")
 
 
 def _synth_for(spec: DataSpec):
@@ -92,19 +92,26 @@ def _synth_for(spec: DataSpec):
 
 
 @functools.lru_cache(maxsize=4)
-def _epoch_rows(clean: str, noise: str, rir: str, synth_config: str | None, seed: int) -> list[dict]:
+def _split_rows(
+    clean: str, noise: str, rir: str, synth_config: str | None, seed: int, split: str
+) -> list[dict]:
     from datasets.synth_plan import plan_rows
 
-    cfg, banks, train = _synth(clean, noise, rir, synth_config)
-    return plan_rows(train, cfg, seed, banks.catalog())
+    cfg, banks, df = _synth(clean, noise, rir, synth_config)
+    part = df[df["split"] == split].reset_index(drop=True)
+    return plan_rows(part, cfg, seed, banks.catalog()) if len(part) else []
+
+
+def split_rows(spec: DataSpec, split: str, epoch: int = 0) -> list[dict]:
+    """The planned samples of ``split`` under ``epoch``'s seed (synthesis plan rows, in plan order)."""
+    o = _online(spec)
+    seed = epoch_seed(int(o["seed"]), epoch)
+    return _split_rows(str(o["clean"]), str(o["noise"]), str(o["rir"]), o["synth_config"], seed, split)
 
 
 def epoch_rows(spec: DataSpec, epoch: int) -> list[dict]:
-    """The planned train samples of ``epoch`` (synthesis plan rows, in plan order)."""
-    o = _online(spec)
-    return _epoch_rows(
-        str(o["clean"]), str(o["noise"]), str(o["rir"]), o["synth_config"], epoch_seed(int(o["seed"]), epoch)
-    )
+    """The planned train samples of ``epoch``."""
+    return split_rows(spec, TRAIN_SPLIT, epoch)
 
 
 def train_samples(spec: DataSpec) -> int:
@@ -141,8 +148,8 @@ def check_online(spec: DataSpec) -> dict:
     return {
         "index_path": None,
         "index_sha256": None,
-        "has_valid": False,
-        "eval_split": "train",
+        "has_valid": bool(split_rows(spec, VALID_SPLIT)),
+        "eval_split": VALID_SPLIT if split_rows(spec, VALID_SPLIT) else TRAIN_SPLIT,
         "train_samples": n,
         "sample_rate": 48000,
         "segment_samples": cfg.segment.samples,
@@ -154,14 +161,12 @@ def _cached_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, int(epoch), stable_hash("online-order")]).permutation(n)
 
 
-def render_row(spec: DataSpec, epoch: int, index: int) -> dict | None:
-    """Render sample ``index`` of ``epoch``'s permutation: ``{key, epoch, valid, clean, degraded}`` (full 48 kHz
-    segments as synthesis writes them) or ``None`` when its source does not decode."""
+def render_row(spec: DataSpec, row: dict, epoch: int) -> dict | None:
+    """Render plan row ``row`` with ``epoch``'s seed: ``{key, epoch, valid, clean, degraded}`` (full 48 kHz
+    segments, the arrays synthesis encodes) or ``None`` when its source does not decode."""
     from datasets.audio import AudioError
     from datasets.synth_render import read_source, render_sample, synth_code_version
 
-    rows = epoch_rows(spec, epoch)
-    row = rows[int(_cached_permutation(spec.seed, epoch, len(rows))[index])]
     cfg, banks, _ = _synth_for(spec)
     seed = epoch_seed(int(_online(spec)["seed"]), epoch)
     try:
@@ -184,7 +189,8 @@ def _render_batch(batch: dict[str, np.ndarray], spec: DataSpec, start_epoch: int
     out: dict[str, list] = {}
     for i in batch["id"]:
         epoch, index = start_epoch + int(i) // n, int(i) % n
-        row = render_row(spec, epoch, index)
+        rows = epoch_rows(spec, epoch)
+        row = render_row(spec, rows[int(_cached_permutation(spec.seed, epoch, n)[index])], epoch)
         if row is None:
             continue
         if prepare:
@@ -322,28 +328,29 @@ def online_train_batches(
 def online_eval_batches(
     spec: DataSpec, rank: int, world: int, max_samples: int, stats: dict | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Evaluation in online mode: the first ``max_samples`` train samples of epoch 0 (the synthesis seed, a fixed
-    set), rendered in this worker and dealt round-robin to the ranks; no random crop. Online mode has no valid
-    split (only train is planned)."""
-    rows = epoch_rows(spec, 0)
-    chosen = list(range(min(len(rows), max(1, int(max_samples)))))
+    """Evaluation in online mode: the first ``max_samples`` samples of the manifest's valid split (or, without
+    one, of its train split; a warning names them) rendered with the synthesis seed in this worker and dealt
+    round-robin to the ranks, the same number to each; no random crop."""
+    rows = split_rows(spec, VALID_SPLIT) or epoch_rows(spec, 0)
+    chosen = rows[: max(1, int(max_samples))]
     count = max(world, len(chosen) // world * world)
     mine = [chosen[i % len(chosen)] for i in range(count)][rank::world]
-    if rank == 0:
+    if rank == 0 and not split_rows(spec, VALID_SPLIT):
         log.warning(
-            "online: evaluating on %d fixed train sample(s) per rank (%s)",
+            "online: no valid split in %s; evaluating on %d fixed train sample(s) per rank (%s)",
+            _online(spec)["clean"],
             len(mine),
-            ", ".join(rows[i]["key"] for i in mine[:8]),
+            ", ".join(r["key"] for r in mine[:8]),
         )
-    inverse = np.argsort(_cached_permutation(spec.seed, 0, len(rows)))  # plan index -> permutation position
     prepared = []
-    for i in mine:
-        row = render_row(spec, 0, int(inverse[i]))
-        if row is None:
+    for row in mine:
+        rendered = render_row(spec, row, 0)
+        if rendered is None:
             if stats is not None:
                 stats["skipped"] = stats.get("skipped", 0) + 1
             continue
-        prepared.append((row["key"], prepare_pair(row["clean"], row["degraded"], row["valid"], spec, None)))
+        arrays = prepare_pair(rendered["clean"], rendered["degraded"], rendered["valid"], spec, None)
+        prepared.append((rendered["key"], arrays))
     if not prepared:
         raise DataError("online: no evaluation sample renders")
     while len(prepared) < len(mine):

@@ -10,6 +10,7 @@ import pytest
 from data_fixtures import synth_shard_set, tiny_synth_inputs
 
 from datasets import shards
+from datasets.errors import DataError, IncompatibleError
 from training import data, online
 from training.data import DataSpec
 
@@ -139,3 +140,13 @@ def test_online_eval_is_fixed(tiny_synth_inputs):
     for a, b in zip(first, again, strict=True):
         assert [x["keys"] for x in a] == [y["keys"] for y in b]
         assert np.array_equal(a[0]["degraded_48k"].numpy(), b[0]["degraded_48k"].numpy())
+
+
+def test_check_online(tiny_synth_inputs):
+    facts = data.check_shards(online_spec(tiny_synth_inputs))
+    assert facts["train_samples"] == online.train_samples(online_spec(tiny_synth_inputs)) > 0
+    assert facts["index_sha256"] is None
+    with pytest.raises(DataError, match="lacks rir"):
+        data.check_shards(DataSpec(online={"clean": tiny_synth_inputs["clean"], "noise": "n"}))
+    with pytest.raises(IncompatibleError, match="crop_samples"):
+        data.check_shards(online_spec(tiny_synth_inputs, crop_samples=245760 + 480))
