@@ -42,7 +42,7 @@ from training.stages.base import EvalResult, Example, Optimizers, Stage, frozen_
 # AudioLDM (haoheliu/AudioLDM-training-finetuning, audioldm_train/losses/contperceptual.py and
 # config/2023_11_13_vae_autoencoder/16k_64.yaml): pixelloss_weight 1, disc_weight 0.5 with the adaptive weight;
 # the KL weight of the 48 kHz / 256-mel VAE is set in configs/train/autoencoder/paper.yaml (its source there)
-LOSS_DEFAULTS = {"reconstruction": 1.0, "kl": 1.0, "adversarial": 0.5, "adaptive": 1.0}
+LOSS_WEIGHTS = {"reconstruction": 1.0, "kl": 1.0, "adversarial": 0.5, "adaptive": 1.0}
 
 
 class AutoencoderStage(Stage):
@@ -52,7 +52,7 @@ class AutoencoderStage(Stage):
 
     def __init__(self, cfg: StageConfig, device: torch.device, frozen: dict[str, Any] | None = None) -> None:
         super().__init__(cfg, device, frozen)
-        self.weights = loss_weights(self.name, cfg.train.loss, LOSS_DEFAULTS)
+        self.weights = loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
         if self.weights["adaptive"] not in (0.0, 1.0):
             raise ConfigError(
                 f"train.loss.adaptive: 1 (adaptive weight) or 0 (fixed), got {self.weights['adaptive']}"

@@ -35,7 +35,7 @@ from training.models import registry
 from training.stages.base import EvalResult, Example, Optimizers, Stage, frozen_params, unwrap
 
 # HiFi-GAN V1 (jik876/hifi-gan train.py): loss_mel * 45, feature_loss * 2, generator_loss * 1
-LOSS_DEFAULTS = {"mel": 45.0, "feature_matching": 2.0, "adversarial": 1.0}
+LOSS_WEIGHTS = {"mel": 45.0, "feature_matching": 2.0, "adversarial": 1.0}
 
 
 class VocoderStage(Stage):
@@ -45,7 +45,7 @@ class VocoderStage(Stage):
 
     def __init__(self, cfg: StageConfig, device: torch.device, frozen: dict[str, Any] | None = None) -> None:
         super().__init__(cfg, device, frozen)
-        self.weights = loss_weights(self.name, cfg.train.loss, LOSS_DEFAULTS)
+        self.weights = loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
         assert cfg.features.mel is not None  # the config loader requires it for this stage
         self.mel = LogMel(cfg.features.mel).to(device)
         self.hop = cfg.features.mel.hop_length
