@@ -50,6 +50,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from datasets import shards as shard_format
+from datasets.audio import is_uri
 from datasets.config import ConfigError
 from datasets.errors import DataError, IncompatibleError
 from datasets.manifest import stable_hash
@@ -304,8 +306,8 @@ class _Item:
 
 def _read_parts(run_dir: str, order: Iterable[tuple[int, Part]], needed: set[Slot]) -> Iterator[_Item]:
     """Stream the needed slots of each (pass, part) in archive order; a shard that cannot be read (missing,
-    truncated, malformed) yields its remaining needed slots as errors. I/O errors are retried from where the read
-    stopped (an object store connection that drops mid-shard)."""
+    truncated, malformed) yields its remaining needed slots as errors. An I/O error (an object store connection
+    that drops mid-shard) reads the shard again, twice at most, without repeating what was delivered."""
     for p, part in order:
         wanted = sorted(pos for pos in part.positions if (p, part.shard, pos) in needed)
         if not wanted:
@@ -328,8 +330,11 @@ def _read_parts(run_dir: str, order: Iterable[tuple[int, Part]], needed: set[Slo
                 break
             except OSError as e:
                 error = f"{path}: cannot read: {e}"
-                if attempt < 2:
-                    log.warning("%s; retrying", error)
+                if attempt < 2 and is_uri(path):
+                    log.warning("%s; reading it again", error)
+                    time.sleep(0.5 * 2**attempt)
+                elif not is_uri(path):
+                    break  # a local file that cannot be opened will not appear by waiting
         if todo:
             log.warning("%s: %d sample(s) of this shard skipped", error, len(todo))
             for position in sorted(todo):

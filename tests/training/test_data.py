@@ -295,3 +295,24 @@ def test_spec_round_trip_and_validation(shard_set):
         DataSpec()
     with pytest.raises(ConfigError, match="unknown"):
         DataSpec.from_dict({"shards": "x", "bogus": 1})
+
+
+def test_reads_shards_behind_a_uri(shard_set):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    uri = "memory://hires-loader-test/run"
+    for path in sorted(Path(shard_set).rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{uri}/{path.relative_to(shard_set).as_posix()}", path.read_bytes())
+    try:
+        local, remote = spec_for(shard_set, batch_size=2), spec_for(uri, batch_size=2)
+        assert data.check_shards(remote)["index_sha256"] == data.check_shards(local)["index_sha256"]
+        for a, b in zip(data.train_batches(local, 1, 2, 0), data.train_batches(remote, 1, 2, 0), strict=True):
+            assert a["keys"] == b["keys"] and torch.equal(a["degraded_48k"], b["degraded_48k"])
+        stats: dict = {}
+        fs.rm(f"{uri}/shards/shard-000002.tar")
+        counts = [len(list(data.train_batches(remote, r, 2, 0, stats=stats))) for r in range(2)]
+        assert counts == [2, 2] and 1 <= stats["skipped"] <= 2  # a missing shard: its planned samples skipped
+    finally:
+        fs.rm(uri, recursive=True)
