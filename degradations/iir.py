@@ -9,11 +9,12 @@ cycle alive to the end of the signal. On many x86 CPUs every denormal operation 
 the filter state is above :data:`SETTLED` (1e-200), and writes zeros from there on. Up to that point the output
 is bit-identical to ``sosfilt`` (``sosfilt`` with an initial state continues exactly where a previous call
 stopped). Beyond it, every output ``sosfilt`` would produce is below ``G * 1e-200`` in magnitude, ``G`` the
-largest gain from the state to a later output (a few hundred at most for the project's filters; the tests pin
-it far below the 1e38 this argument tolerates): squares of such values are exactly 0.0 in float64 (they underflow below 2**-1075) and the values themselves are
-exactly 0.0 once converted to float32 (below 2**-150). Loudness sums of squares are therefore identical to the
-bit, and float32 outputs equal ``sosfilt``'s; only the sign of a zero may differ (the plain filter's tail can
-round to -0.0), which does not change any sum, product magnitude, integer conversion or FLAC byte.
+largest gain from the state to a later output (the tests pin it below 1e6 for the project's filters, far below
+the 1e38 this argument tolerates): squares of such values are exactly 0.0 in float64 (they underflow below
+2**-1075) and the values themselves are exactly 0.0 once converted to float32 (below 2**-150). Loudness sums of
+squares are therefore identical to the bit, and float32 outputs equal ``sosfilt``'s; only the sign of a zero may
+differ (the plain filter's tail can round to -0.0), which changes no sum, magnitude, integer conversion or FLAC
+byte.
 
 :func:`sosfiltfilt_settled` is ``scipy.signal.sosfiltfilt`` (odd padding) with both passes settled. Its
 backward pass starts from the settled zeros instead of values below ``G * 1e-200``; that difference decays with
