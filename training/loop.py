@@ -388,7 +388,20 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
             unwrap(m).load_state_dict(state["modules"][name])
         opt.load_state_dict(state["optim"])
         stage.load_state_dict(state.get("stage_state") or {})
-        data = _Batches(ctx.train_batches, int(state["epoch"]), int(state["batch"]), stats)
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if int(state.get("world", ctx.world)) != ctx.world and batch > 0:
+            # an elastic resize: shares (and batches per epoch) depend on the world size, so the position inside
+            # the interrupted epoch means nothing now; go on with the next epoch (its remainder is skipped once)
+            log.warning(
+                "world size %s -> %s: resuming at epoch %d instead of epoch %d batch %d",
+                state.get("world"),
+                ctx.world,
+                epoch + 1,
+                epoch,
+                batch,
+            )
+            epoch, batch = epoch + 1, 0
+        data = _Batches(ctx.train_batches, epoch, batch, stats)
         rngs = state.get("rng") or {}
         if ctx.rank in rngs and int(state.get("world", 0)) == ctx.world:
             ckpt.set_rng_state(rngs[ctx.rank])
@@ -473,7 +486,7 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
                 log_examples(logger, result, step)
 
             if step % t.checkpoint_every == 0 and step < steps:
-                report({"step": step, "epoch": data.epoch, **last_metrics}, with_state=True)
+                report({**last_metrics, "step": step, "epoch": data.epoch}, with_state=True)
     finally:
         data.close()
 
@@ -503,12 +516,12 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
         logger.log_metrics({"done": 1.0}, step=opt.step_count)
     report(
         {
+            **last_metrics,
+            **{f"eval/{k}": v for k, v in final_metrics.items()},
             "step": opt.step_count,
             "epoch": data.epoch,
             "done": 1,
             "final_step": opt.step_count,
-            **last_metrics,
-            **{f"eval/{k}": v for k, v in final_metrics.items()},
         },
         with_state=True,
     )

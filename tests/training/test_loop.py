@@ -155,3 +155,21 @@ def test_init_weights_start_a_fresh_run(tmp_path):
     config["models"] = {"init": str(random_model_dir(tmp_path / "vae", "autoencoder"))}
     with pytest.raises(IncompatibleError, match="is a model of stage autoencoder, this run trains recovery"):
         run(config, local_context(MemoryBatches(STREAMS)))
+
+
+def test_resume_with_another_world_size_starts_the_next_epoch(tmp_path):
+    cfg = stage_config("recovery", steps=2, checkpoint_every=1, eval_every=100)
+    reports, _ = _final_state(tmp_path, "run", cfg)
+    state = ckpt.load_state(reports[0][1])
+    assert (state["epoch"], state["batch"], state["world"]) == (0, 1, 1)
+    state["world"] = 2  # as if written by a 2-worker group
+    ckpt.save_state(tmp_path / "resized", {k: v for k, v in state.items() if k != "format_version"})
+    seen = []
+
+    class Source(MemoryBatches):
+        def __call__(self, epoch, start, stats):
+            seen.append((epoch, start))
+            return super().__call__(epoch, start, stats)
+
+    run(loop_config(cfg), local_context(Source(STREAMS), checkpoint_dir=tmp_path / "resized"))
+    assert seen[0] == (1, 0)
