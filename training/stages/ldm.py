@@ -146,14 +146,19 @@ class LdmStage(Stage):
         up = resample(rec.float(), self.rec_rate, self.sample_rate)
         return F.pad(up, (0, max(samples - up.shape[-1], 0)))[..., :samples]
 
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        # float32 even under the loop's bf16 autocast: the filterbank matmul would round the VAE's input
+        with torch.autocast(self.device.type, enabled=False):
+            return self.mel(wave.float())
+
     @torch.no_grad()
     def raw_latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unscaled clean latent, condition latent, and the clean log-mel of ``batch``."""
         clean = batch["clean_48k"]
-        mel_clean = self.mel(clean)
+        mel_clean = self.log_mel(clean)
         z = self.vae.encode(mel_clean).mode().float()
         cond_wave = self.upsampled_recovery(batch["degraded_16k"], clean.shape[-1])
-        c = self.vae.encode(self.mel(cond_wave)).mode().float()
+        c = self.vae.encode(self.log_mel(cond_wave)).mode().float()
         return z, c, mel_clean
 
     def _scale(self) -> float:
@@ -167,7 +172,7 @@ class LdmStage(Stage):
         """``scale_factor`` = 1 / std of the clean latents of the first batches of every rank."""
         total = torch.zeros(3, dtype=torch.float64)
         for batch in first_batches:
-            z = self.vae.encode(self.mel(batch["clean_48k"].to(self.device))).mode().double().cpu()
+            z = self.vae.encode(self.log_mel(batch["clean_48k"].to(self.device))).mode().double().cpu()
             total += torch.stack(
                 [z.sum(), z.square().sum(), torch.tensor(float(z.numel()), dtype=torch.float64)]
             )
