@@ -155,7 +155,7 @@ class AutoencoderStage(Stage):
                     wave = clean[i].float().cpu().numpy()
                     examples.append(
                         Example(
-                            key=str(batch["keys"][i]),
+                            key=str(batch["keys"][i]) if "keys" in batch else f"example_{len(examples)}",
                             clean=wave,
                             degraded=wave,  # the autoencoder's input is the clean mel: nothing is degraded
                             output=None,

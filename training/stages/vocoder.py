@@ -140,7 +140,7 @@ class VocoderStage(Stage):
                     wave = clean[i].float().cpu().numpy()
                     examples.append(
                         Example(
-                            key=str(batch["keys"][i]),
+                            key=str(batch["keys"][i]) if "keys" in batch else f"example_{len(examples)}",
                             clean=wave,
                             degraded=wave,  # the vocoder's input is the clean mel: nothing is degraded
                             output=output[i].float().cpu().numpy(),
