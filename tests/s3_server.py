@@ -1,12 +1,14 @@
 """A local S3 API (``moto_server``) for the tests of any package: ``from s3_server import s3_server``.
 
-The fixture starts ``moto_server`` on a free port of 127.0.0.1, points the AWS variables of this process at it
-(children started with ``os.environ`` inherit them), creates :data:`BUCKET` and stops the server afterwards.
+The fixtures start ``moto_server`` on a free port of 127.0.0.1, point the AWS variables of this process at it
+(children started with ``os.environ`` inherit them), create :data:`BUCKET` and stop the server afterwards:
+``s3_server`` per test, ``s3_server_module`` once per test module.
 moto honours conditional requests (``If-None-Match: *`` and ``If-Match`` on PUT and DELETE), like AWS S3.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,9 +44,9 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
-@pytest.fixture
-def s3_server(monkeypatch) -> Iterator[tuple[str, dict[str, str]]]:
-    """``(endpoint, env)`` of a fresh moto server holding :data:`BUCKET`; the env is set in this process."""
+@contextlib.contextmanager
+def moto_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
+    """Start the server, set the AWS variables with ``monkeypatch``, create :data:`BUCKET`; stop it afterwards."""
     port = _free_port()
     proc = subprocess.Popen(
         [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
@@ -82,3 +84,17 @@ def s3_server(monkeypatch) -> Iterator[tuple[str, dict[str, str]]]:
 
         fsspec.get_filesystem_class("s3").clear_instance_cache()
         _stop(proc)
+
+
+@pytest.fixture
+def s3_server(monkeypatch) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(endpoint, env)`` of a fresh moto server holding :data:`BUCKET`; the env is set in this process."""
+    with moto_server(monkeypatch) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_server_module() -> Iterator[tuple[str, dict[str, str]]]:
+    """One server for all tests of a module (tests use their own prefixes): a start costs seconds on 2 cores."""
+    with pytest.MonkeyPatch.context() as monkeypatch, moto_server(monkeypatch) as server:
+        yield server

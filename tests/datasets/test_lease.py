@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3_server import BUCKET, s3_server  # noqa: F401  (the fixture)
+from s3_server import BUCKET, s3_server_module  # noqa: F401  (the fixture)
 
 from datasets import storage
 from datasets.errors import HiresError
@@ -37,7 +38,7 @@ def out_dir(request, tmp_path) -> str:
     """An output directory on local disk, or a prefix in the moto bucket."""
     if request.param == "local":
         return str(tmp_path / "run")
-    request.getfixturevalue("s3_server")
+    request.getfixturevalue("s3_server_module")
     return f"s3://{BUCKET}/runs/{request.node.name.replace('[', '-').rstrip(']')}"
 
 
@@ -76,9 +77,10 @@ def test_second_holder_fails_at_once_naming_owner_host_and_age(out_dir):
     with pytest.raises(LeaseHeldError) as e, hold_lease(out_dir, stale_after_s=60):
         pass
     msg = str(e.value)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10  # no waiting for a heartbeat
     assert isinstance(e.value, HiresError) and "\n" not in msg
-    assert "owner someone" in msg and "host elsewhere.example" in msg and "last heartbeat 5 s ago" in msg
+    assert "owner someone" in msg and "host elsewhere.example" in msg
+    assert re.search(r"started (6\d|7\d) s ago, last heartbeat ([5-9]|1\d) s ago", msg), msg
     assert msg.startswith(f"{out_dir}: another `hires synth` run")
     assert read_lease(out_dir)["token"] == "t"  # untouched
 
