@@ -436,6 +436,8 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
         ctx.report(dict(metrics), full)
 
     window: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    step_metrics: dict[str, float] = {}
     window_steps = 0
     window_start = time.perf_counter()
     samples_per_step = t.batch_size * t.grad_accum * ctx.world
@@ -455,17 +457,23 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
                     with opt.autocast():
                         out = stage.train_step(batch, step, opt)
                 for k, v in out.items():
-                    window[k] = window.get(k, 0.0) + float(v) / t.grad_accum
-            for k, v in opt.step().items():
+                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / t.grad_accum
+            step_metrics.update(opt.step())
+            # a key is averaged over the steps that produced it (e.g. a discriminator that starts mid-window)
+            for k, v in step_metrics.items():
                 window[k] = window.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             window_steps += 1
             step = opt.step_count
-            if not math.isfinite(out.get("loss", 0.0)):
-                raise FloatingPointError(f"loss is {out.get('loss')} at step {step}")
+            loss = step_metrics.get("loss", 0.0)
+            step_metrics = {}
+            # fp16 skips non-finite steps through its scaler; elsewhere a NaN would silently poison the weights
+            if not math.isfinite(loss) and opt.precision != "fp16":
+                raise FloatingPointError(f"{stage.name}: loss is {loss} at step {step}")
 
             if step % t.log_every == 0 or step == steps:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                means = {k: v / window_steps for k, v in window.items()}
+                means = {k: v / counts[k] for k, v in window.items()}
                 means = _all_reduce_mean(means, ctx.device, ctx.world)
                 skipped = _all_reduce_sum(float(stats.get("skipped", 0)), ctx.device, ctx.world)
                 means["samples_per_s"] = samples_per_step * window_steps / elapsed
@@ -478,7 +486,7 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
                         log.warning("%d corrupt training sample(s) skipped so far", int(skipped))
                         skipped_logged = skipped
                 last_metrics = {k: v for k, v in means.items() if not k.startswith(("lr/", "grad_norm/"))}
-                window, window_steps, window_start = {}, 0, time.perf_counter()
+                window, counts, window_steps, window_start = {}, {}, 0, time.perf_counter()
 
             if step % t.eval_every == 0 and step < steps and ctx.rank == 0:
                 result = _evaluate(stage, opt, ctx, t.eval_samples)
