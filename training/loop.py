@@ -408,12 +408,18 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
         else:  # another world size (elastic resize): fresh, distinct streams from here
             ckpt.seed_everything(seed * 1_000_003 + 7919 * opt.step_count + ctx.rank)
         last_metrics = dict(state.get("metrics") or {})
+        skipped_before = float(state.get("data_skipped", 0.0))
     else:
         ckpt.seed_everything(seed * 1_000_003 + ctx.rank)  # distinct noise/dropout per rank
         data = _Batches(ctx.train_batches, 0, 0, stats)
         n_setup = int(getattr(stage, "setup_batches", 0))
         stage.setup([_to_device(b, ctx.device) for b in data.peek(n_setup)] if n_setup else [])
         last_metrics = {}
+        skipped_before = 0.0
+
+    def skipped_total() -> float:
+        """Corrupt samples skipped by every rank since the run began (a collective: every rank calls it)."""
+        return skipped_before + _all_reduce_sum(float(stats.get("skipped", 0)), ctx.device, ctx.world)
 
     logger = ctx.logger
     if ctx.rank == 0:
@@ -430,9 +436,11 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
     def report(metrics: dict, with_state: bool) -> None:
         """Barrier on every rank; rank 0 attaches the full state (RNG states gathered from every rank)."""
         rng = _gather_rng(ctx.world) if with_state else None
+        skipped = skipped_total() if with_state else 0.0
         full = None
         if with_state and ctx.rank == 0:
-            full = _full_state(stage, wrapped, opt, data, ctx.world, {"rng": rng, "metrics": dict(metrics)})
+            extra = {"rng": rng, "metrics": dict(metrics), "data_skipped": skipped}
+            full = _full_state(stage, wrapped, opt, data, ctx.world, extra)
         ctx.report(dict(metrics), full)
 
     window: dict[str, float] = {}
@@ -475,7 +483,7 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 means = {k: v / counts[k] for k, v in window.items()}
                 means = _all_reduce_mean(means, ctx.device, ctx.world)
-                skipped = _all_reduce_sum(float(stats.get("skipped", 0)), ctx.device, ctx.world)
+                skipped = skipped_total()
                 means["samples_per_s"] = samples_per_step * window_steps / elapsed
                 means["steps_per_s"] = window_steps / elapsed
                 means["data/skipped"] = skipped

@@ -173,3 +173,23 @@ def test_resume_with_another_world_size_starts_the_next_epoch(tmp_path):
 
     run(loop_config(cfg), local_context(Source(STREAMS), checkpoint_dir=tmp_path / "resized"))
     assert seen[0] == (1, 0)
+
+
+class SkippingSource(MemoryBatches):
+    """Counts one skipped (corrupt) sample per batch, as the shard loader does for a bad sample."""
+
+    def __call__(self, epoch, start, stats):
+        for batch in super().__call__(epoch, start, stats):
+            stats["skipped"] = stats.get("skipped", 0) + 1
+            yield batch
+
+
+def test_skipped_samples_are_logged_and_survive_a_resume(tmp_path):
+    cfg = stage_config("recovery", steps=3, checkpoint_every=1, eval_every=100, log_every=1)
+    logger = RecordingLogger()
+    reports: list = []
+    run(loop_config(cfg), local_context(SkippingSource(STREAMS), None, reports, tmp_path, logger=logger))
+    assert [m["data/skipped"] for _, m in logger.metrics if "loss" in m] == [1, 2, 3]
+    resumed = RecordingLogger()
+    run(loop_config(cfg), local_context(SkippingSource(STREAMS), reports[0][1], logger=resumed))
+    assert [m["data/skipped"] for _, m in resumed.metrics if "loss" in m] == [2, 3]
