@@ -1,15 +1,17 @@
 """Shard loader throughput (training/data.py), JSON on stdout.
 
-Clips of 5.12 s per second the loader delivers for the recovery stage: read the tar, decode clean and degraded
+Samples of 5.12 s per second the loader delivers for the recovery stage: read the tar, decode clean and degraded
 FLAC, crop, normalise the degraded input's loudness (and scale the target), resample both to 16 kHz, collate to
-torch. Shards come from a real synthesis run of the demo corpus (made once under ``--workdir`` and reused), so the
+torch. Two crops: the recovery stage's paper crop (2.04 s) and the whole sample (5.12 s); decoding is the same
+for both (whole samples), loudness and resampling scale with the crop. Shards come from a real synthesis run of the demo corpus (made once under ``--workdir`` and reused), so the
 FLAC sizes are those of speech, not of noise. Tars are read from the page cache after the first epoch: this
 measures the loader's CPU cost, not a disk.
 
 Figures, per thread count (1 and the cores this process may use):
 
 * ``clips_per_s``: delivered clips per wall second;
-* ``clips_per_s_per_core``: the same divided by the thread count (the pool size; the reader thread is extra);
+* ``clips_per_s_per_core``: the same divided by the thread count; the process (reader thread, decode pool,
+  collation) is pinned to that many cores, so this is a true per-core figure;
 * ``clips_per_cpu_s``: clips per CPU second of this process (robust to other load on the host).
 
 Target (docs/design.md, "Performance targets"): >= 150 clips of 5.12 s per second per core. Usage::
@@ -83,19 +85,25 @@ def make_run(workdir: Path, minutes: float) -> Path:
     return run
 
 
-def measure(run: Path, threads: int, clips: int, batch_size: int) -> dict:
+def measure(run: Path, threads: int, clips: int, batch_size: int, crop: int) -> dict:
     from training.data import DataSpec, batches_per_epoch, train_batches
 
     spec = DataSpec(
         shards=str(run),
         batch_size=batch_size,
-        crop_samples=245760,
+        crop_samples=crop,
         streams=("clean_16k", "degraded_16k"),
         input_loudness_lufs=-20.0,
         num_threads=threads,
         prefetch_batches=2,
     )
     per_epoch = batches_per_epoch(spec, 1) * batch_size
+    pinned = hasattr(os, "sched_setaffinity")
+    if (
+        pinned
+    ):  # every thread of the loader (reader, pool, collation) on ``threads`` cores: honest per-core figures
+        usable = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, usable[:threads])
     for _ in train_batches(spec, 0, 1, epoch=1000):  # warm-up: page cache, imports, soxr plans
         pass
     done, epoch = 0, 0
@@ -105,7 +113,10 @@ def measure(run: Path, threads: int, clips: int, batch_size: int) -> dict:
             done += len(batch["keys"])
         epoch += 1
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    if pinned:
+        os.sched_setaffinity(0, usable)
     return {
+        "crop_s": crop / 48000,
         "threads": threads,
         "clips": done,
         "clips_per_epoch": per_epoch,
@@ -137,7 +148,10 @@ def main() -> None:
     run = make_run(workdir, args.minutes)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     counts = sorted({1, cores})
-    results = [measure(run, n, args.clips, args.batch_size) for n in counts]
+    load_before = os.getloadavg()[0]
+    # the recovery stage's paper crop (configs/train/recovery/paper.yaml) and the whole 5.12 s sample
+    crops = (97920, 245760)
+    results = [measure(run, n, args.clips, args.batch_size, crop) for crop in crops for n in counts]
     out = {
         "benchmark": "loader",
         "what": "5.12 s clips: tar read, decode clean+degraded FLAC, crop, loudness, resample both to 16 kHz",
@@ -148,7 +162,7 @@ def main() -> None:
             "python": platform.python_version(),
             "libsndfile": soundfile.__libsndfile_version__,
             "soxr": soxr.__version__,
-            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "load_avg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
         "shards": str(run),
         "results": results,

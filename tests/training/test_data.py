@@ -316,3 +316,37 @@ def test_reads_shards_behind_a_uri(shard_set):
         assert counts == [2, 2] and 1 <= stats["skipped"] <= 2  # a missing shard: its planned samples skipped
     finally:
         fs.rm(uri, recursive=True)
+
+
+@pytest.mark.parametrize(
+    "streams", [("clean_48k", "degraded_48k"), ("clean_16k", "degraded_16k", "degraded_48k")]
+)
+def test_window_decoding_equals_cropping_the_whole_sample(shard_set, streams):
+    spec = spec_for(shard_set, streams=streams)
+    for entry in shards.read_index(str(shard_set))["shards"]:
+        for raw in shards.iter_raw_samples(shards.shard_path(str(shard_set), entry["name"])):
+            sample = shards.decode_sample(raw)
+            for epoch in range(3):
+                item = data._Item((0, entry["name"], 0), raw, None)
+                key, got = data._prepare_item(item, spec, epoch)
+                rng = data.crop_rng(spec, epoch, raw.key)
+                want = data.prepare_pair(sample.clean, sample.degraded, sample.meta["valid"], spec, rng)
+                assert key == raw.key
+                for s in streams:
+                    np.testing.assert_array_equal(got[s], want[s], err_msg=f"{raw.key} {s}")
+
+
+def test_corruption_inside_a_flac_is_skipped(shard_set, tmp_path):
+    run = copy_shard_set(shard_set, tmp_path / "run")
+
+    def damage(i, raw):
+        if i == 0:
+            middle = len(raw.clean) // 2
+            raw.clean = raw.clean[:middle] + b"\x55" * 2000 + raw.clean[middle + 2000 :]
+        return raw
+
+    _rewrite_shard(run / "shards" / "shard-000002.tar", damage)
+    spec = spec_for(run, batch_size=1, crop_samples=SEGMENT)  # the crop covers the damage
+    stats: dict = {}
+    keys = [k for b in data.train_batches(spec, 0, 1, 0, stats=stats) for k in b["keys"]]
+    assert stats["skipped"] == 1 and "utt006_0000" not in keys and len(keys) == 8
