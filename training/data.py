@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
+import json
 import logging
 import math
 import queue
@@ -61,6 +63,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from datasets import shards as shard_format
 from datasets.audio import is_uri
@@ -431,11 +434,6 @@ def _decode_window(
     (a 0.32 s vocoder crop decodes 6x faster than the 5.12 s sample). The checks mirror ``decode_sample``'s:
     both streams decode, are mono, 48 kHz and of equal length, and the JSON is an object; anything else raises
     :class:`datasets.shards.SampleDecodeError`."""
-    import io
-    import json
-
-    import soundfile as sf
-
     where = f"{raw.shard}: sample {raw.key}"
     try:
         meta = json.loads(raw.meta)
