@@ -412,7 +412,7 @@ def run(config: dict, ctx: Context) -> dict[str, Any]:
     else:
         ckpt.seed_everything(seed * 1_000_003 + ctx.rank)  # distinct noise/dropout per rank
         data = _Batches(ctx.train_batches, 0, 0, stats)
-        n_setup = int(getattr(stage, "setup_batches", 0))
+        n_setup = stage.setup_batches
         stage.setup([_to_device(b, ctx.device) for b in data.peek(n_setup)] if n_setup else [])
         last_metrics = {}
         skipped_before = 0.0

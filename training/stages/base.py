@@ -11,6 +11,10 @@ for the generator's adversarial and feature-matching terms they call the discrim
 (``self.ddp[name].module`` when wrapped, see :func:`unwrap`) with its parameters frozen (:func:`frozen_params`),
 so DDP never waits for gradients that do not come and ``find_unused_parameters`` is never needed.
 
+The loop runs ``train_step`` and ``evaluate`` under autocast (bf16 on GPU when ``train.precision`` asks; fp32 on
+the CPU) and ``evaluate`` on rank 0 only, with the EMA weights swapped in: evaluation must call the unwrapped
+modules (:func:`unwrap`) and no collective.
+
 Batches are dicts of float32 tensors ``(batch, samples)`` on the stage's device named by the data streams the stage
 declares in ``streams`` (``clean_48k``, ``degraded_48k``, ``clean_16k``, ``degraded_16k``) plus ``keys``.
 """
@@ -86,6 +90,8 @@ class Stage(ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     # frozen models used when given (ldm: a vocoder turns evaluation outputs into audio), loaded the same way
     optional: ClassVar[tuple[str, ...]] = ()
+    # how many of the first training batches :meth:`setup` sees (they are trained on afterwards as usual)
+    setup_batches: ClassVar[int] = 0
 
     def __init__(self, cfg: StageConfig, device: torch.device, frozen: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
@@ -117,7 +123,8 @@ class Stage(ABC):
         """Stage metrics over ``batches`` (no gradients, eval mode) and up to ``max_examples`` examples."""
 
     def setup(self, first_batches: Iterable[dict]) -> None:  # noqa: B027 - optional hook
-        """Called once before the first step of a fresh run (ldm measures its latent scale factor here)."""
+        """Called once before the first step of a fresh run, on every rank, with the first ``setup_batches``
+        training batches (ldm measures its latent scale factor here; a collective is allowed)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Stage state outside its modules that checkpoints must keep (tensors or plain values)."""

@@ -23,7 +23,7 @@ decoded condition and of the VAE's own reconstruction of ``z``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ class LdmStage(Stage):
     inference_modules = ("network",)
     requires = ("recovery", "autoencoder")
     optional = ("vocoder",)
-    setup_batches: ClassVar[int] = 4  # batches whose clean latents set scale_factor
+    setup_batches = 4  # batches whose clean latents set scale_factor
 
     def __init__(self, cfg: StageConfig, device: torch.device, frozen: dict | None = None) -> None:
         super().__init__(cfg, device, frozen)
