@@ -110,8 +110,29 @@ def split_rows(spec: DataSpec, split: str, epoch: int = 0) -> list[dict]:
 
 
 def epoch_rows(spec: DataSpec, epoch: int) -> list[dict]:
-    """The planned train samples of ``epoch``."""
+    """All planned train samples of ``epoch`` (used for epoch 0, which fixes the sample list and its order)."""
     return split_rows(spec, TRAIN_SPLIT, epoch)
+
+
+@functools.lru_cache(maxsize=4)
+def _utterance_index(clean: str, noise: str, rir: str, synth_config: str | None) -> dict[str, int]:
+    df = _synth(clean, noise, rir, synth_config)[2]
+    return {str(u): i for i, u in enumerate(df["id"])}
+
+
+def plan_row(spec: DataSpec, row: dict, epoch: int) -> dict:
+    """Epoch ``epoch``'s plan of the sample that ``row`` (an epoch-0 plan row) describes: the synthesis plan of
+    its one utterance under the epoch's seed (segmentation does not depend on the seed, so the sample is the
+    same; its degradation steps are drawn anew). Planning one utterance keeps the cost per rendered sample."""
+    if epoch == 0:
+        return row
+    from datasets.synth_plan import plan_rows
+
+    o = _online(spec)
+    cfg, banks, df = _synth_for(spec)
+    i = _utterance_index(str(o["clean"]), str(o["noise"]), str(o["rir"]), o["synth_config"])[row["source_id"]]
+    rows = plan_rows(df.iloc[[i]], cfg, epoch_seed(int(o["seed"]), epoch), banks.catalog())
+    return next(r for r in rows if r["key"] == row["key"])
 
 
 def train_samples(spec: DataSpec) -> int:
@@ -189,8 +210,8 @@ def _render_batch(batch: dict[str, np.ndarray], spec: DataSpec, start_epoch: int
     out: dict[str, list] = {}
     for i in batch["id"]:
         epoch, index = start_epoch + int(i) // n, int(i) % n
-        rows = epoch_rows(spec, epoch)
-        row = render_row(spec, rows[int(_cached_permutation(spec.seed, epoch, n)[index])], epoch)
+        base = epoch_rows(spec, 0)[int(_cached_permutation(spec.seed, epoch, n)[index])]
+        row = render_row(spec, plan_row(spec, base, epoch), epoch)
         if row is None:
             continue
         if prepare:

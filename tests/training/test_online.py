@@ -150,3 +150,12 @@ def test_check_online(tiny_synth_inputs):
         data.check_shards(DataSpec(online={"clean": tiny_synth_inputs["clean"], "noise": "n"}))
     with pytest.raises(IncompatibleError, match="crop_samples"):
         data.check_shards(online_spec(tiny_synth_inputs, crop_samples=245760 + 480))
+
+
+def test_one_utterance_plan_equals_the_whole_epoch_plan(tiny_synth_inputs):
+    spec = online_spec(tiny_synth_inputs)
+    base = online.epoch_rows(spec, 0)
+    for epoch in (1, 2):
+        whole = {r["key"]: r for r in online.epoch_rows(spec, epoch)}
+        assert [online.plan_row(spec, r, epoch) for r in base] == [whole[r["key"]] for r in base]
+        assert any(whole[r["key"]]["steps"] != r["steps"] for r in base)
