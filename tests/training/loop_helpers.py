@@ -174,12 +174,14 @@ def random_model_dir(path: Path, stage: str, seed: int = 0, **meta: Any) -> Path
     return path
 
 
-def ddp_worker(rank: int, world: int, port: int, out_dir: str, steps: int) -> None:
-    """One rank of the 2-process gloo test: trains recovery tiny, writes its parameter checksum."""
+def ddp_worker(rank: int, world: int, port: int, out_dir: str, steps: int, grad_accum: int = 1) -> None:
+    """One rank of the 2-process gloo test: trains recovery tiny, writes its parameters."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        cfg = stage_config("recovery", steps=steps, checkpoint_every=2, eval_every=100, log_every=1)
+        cfg = stage_config(
+            "recovery", steps=steps, checkpoint_every=2, eval_every=100, log_every=1, grad_accum=grad_accum
+        )
         source = MemoryBatches(("clean_16k", "degraded_16k"), rank=rank)
         reports: list = []
         logger = RecordingLogger()

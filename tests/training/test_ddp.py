@@ -1,4 +1,8 @@
-"""DDP on CPU: two gloo processes train the tiny recovery stage; every rank ends with the same parameters."""
+"""DDP on CPU: two gloo processes train the tiny recovery stage; every rank ends with the same parameters.
+
+Two micro-batches per step: the first backward runs under ``no_sync``, the second all-reduces the accumulated
+gradients, so agreement also shows that accumulation and synchronisation fit together.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def test_two_rank_gloo_parameters_agree(tmp_path):
     steps, port = 3, _free_port()
     code = (
         f"import sys; sys.path.insert(0, {str(HERE)!r}); from loop_helpers import ddp_worker; "
-        f"ddp_worker(int(sys.argv[1]), 2, {port}, {str(tmp_path)!r}, {steps})"
+        f"ddp_worker(int(sys.argv[1]), 2, {port}, {str(tmp_path)!r}, {steps}, grad_accum=2)"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(rank)], env=env) for rank in range(2)]
