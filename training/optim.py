@@ -178,7 +178,8 @@ class TrainOptimizers:
             metrics[f"grad_norm/{name}"] = float(norm)
             metrics[f"lr/{name}"] = self.lr(name)
             self.scaler.step(opt)
-        self.scaler.update()
+        if self._touched:  # the fp16 scaler refuses an update without any step behind it
+            self.scaler.update()
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         self.step_count += 1
