@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.errors import DataError
+from datasets.errors import DataError, IncompatibleError
 from datasets.manifest import stable_hash
 from training.data import TRAIN_SPLIT, VALID_SPLIT, DataSpec, as_spec, collate, crop_rng, prepare_pair
 
@@ -161,8 +161,6 @@ def check_online(spec: DataSpec) -> dict:
             f"synth config: segment.sample_rate {cfg.segment.sample_rate}, training reads 48000 Hz"
         )
     if spec.crop_samples > cfg.segment.samples:
-        from datasets.errors import IncompatibleError
-
         raise IncompatibleError(
             f"synth config: segments are {cfg.segment.samples} samples, shorter than crop_samples {spec.crop_samples}"
         )
@@ -339,8 +337,15 @@ def online_train_batches(
             f"start_batch {start_batch} outside 0..{n} (batches per epoch at world size {world})"
         )
     stream = _stream(dataset_shard, spec)
+    lengths = {s: spec.crop_samples // (3 if s.endswith("_16k") else 1) for s in spec.streams}
     for _ in range(n - start_batch):
         batch = stream.next_batch(spec, stats)
+        if any(s not in batch or batch[s].shape[-1] != t for s, t in lengths.items()):
+            raise IncompatibleError(
+                "online: the attached dataset holds "
+                f"{ {k: v.shape[-1] for k, v in batch.items() if k not in ('key', 'epoch')} }, this worker needs "
+                f"{lengths} (stream: samples): build it with the workers' DataSpec"
+            )
         stats["samples"] += len(batch["key"])
         keys = [str(k) for k in batch["key"]]
         yield collate([(k, {s: batch[s][i] for s in spec.streams}) for i, k in enumerate(keys)], spec.streams)

@@ -159,3 +159,51 @@ def test_one_utterance_plan_equals_the_whole_epoch_plan(tiny_synth_inputs):
         whole = {r["key"]: r for r in online.epoch_rows(spec, epoch)}
         assert [online.plan_row(spec, r, epoch) for r in base] == [whole[r["key"]] for r in base]
         assert any(whole[r["key"]]["steps"] != r["steps"] for r in base)
+
+
+class FakeShard:
+    """A stand-in for a Ray Data shard: ``iter_batches`` over prepared rows, once."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows, self.calls = rows, 0
+
+    def iter_batches(self, batch_size: int, **_):
+        self.calls += 1
+        for i in range(0, len(self.rows), batch_size):
+            part = self.rows[i : i + batch_size]
+            yield {k: np.stack([r[k] for r in part]) for k in part[0]}
+
+
+def fake_rows(spec: DataSpec, count: int) -> list[dict]:
+    return [
+        {
+            "key": np.array(f"k{i}"),
+            "epoch": np.array(0),
+            **{
+                s: np.full(spec.crop_samples // (3 if s.endswith("_16k") else 1), i, np.float32)
+                for s in spec.streams
+            },
+        }
+        for i in range(count)
+    ]
+
+
+def test_worker_stream_continues_across_epochs_and_fills_a_short_end(tiny_synth_inputs):
+    spec = online_spec(tiny_synth_inputs, streams=("degraded_16k",))
+    per_epoch = data.batches_per_epoch(spec, 1)
+    shard = FakeShard(fake_rows(spec, per_epoch * spec.batch_size + 1))  # one epoch and one row
+    stats: dict = {}
+    first = list(data.train_batches(spec, 0, 1, 0, stats=stats, dataset_shard=shard))
+    second = list(data.train_batches(spec, 0, 1, 1, stats=stats, dataset_shard=shard))
+    assert shard.calls == 1 and len(first) == len(second) == per_epoch
+    assert [b["keys"] for b in first][0] == ["k0", "k1"]
+    last = f"k{per_epoch * spec.batch_size}"
+    assert second[0]["keys"] == [last, last]  # the short final batch is topped up with its own rows
+    assert all(b["keys"] == [last, last] for b in second[1:]) and stats["repeated"] == per_epoch - 1
+
+
+def test_worker_refuses_a_dataset_prepared_for_other_streams(tiny_synth_inputs):
+    spec = online_spec(tiny_synth_inputs, streams=("degraded_16k",))
+    shard = FakeShard(fake_rows(online_spec(tiny_synth_inputs, streams=("degraded_48k",)), 4))
+    with pytest.raises(IncompatibleError, match="degraded_16k"):
+        next(data.train_batches(spec, 0, 1, 0, dataset_shard=shard))
