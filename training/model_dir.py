@@ -140,6 +140,21 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def _stage_config(data: Any, source: str) -> StageConfig:
+    """The stage config of a model; a ``train`` section written by another code version (fields added or
+    renamed since) does not stop inference, which never reads it: the defaults stand in for it."""
+    try:
+        return StageConfig.model_validate(data)
+    except ValidationError as e:
+        only_train = all(err["loc"] and err["loc"][0] == "train" for err in e.errors())
+        if not (only_train and isinstance(data, dict)):
+            raise DataError(format_validation_error(source, e)) from None
+    try:
+        return StageConfig.model_validate({k: v for k, v in data.items() if k != "train"})
+    except ValidationError as e:
+        raise DataError(format_validation_error(source, e)) from None
+
+
 def load_model(model: str | Path, tracking_uri: str | None = None) -> LoadedModel:
     """Load a model directory / ``s3://`` directory / ``models:/`` URI (see the module docstring).
 
@@ -148,10 +163,7 @@ def load_model(model: str | Path, tracking_uri: str | None = None) -> LoadedMode
     local, tmp = _local_dir(str(model), tracking_uri)
     try:
         meta = read_meta(local)
-        try:
-            cfg = StageConfig.model_validate(meta.get("config"))
-        except ValidationError as e:
-            raise DataError(format_validation_error(f"{model}/{META}: config", e)) from None
+        cfg = _stage_config(meta.get("config"), f"{model}/{META}: config")
         if meta.get("stage") != cfg.stage:
             raise DataError(f"{model}/{META}: stage {meta.get('stage')!r} != config stage {cfg.stage!r}")
         weights_path = local / WEIGHTS

@@ -98,3 +98,15 @@ def test_models_uri_delegates_to_tracking(tmp_path, monkeypatch):
     loaded = load_model("models:/hires-recovery/3", tracking_uri="sqlite:///x.db")
     assert loaded.stage == "recovery"
     assert seen == {"uri": "models:/hires-recovery/3", "tracking_uri": "sqlite:///x.db"}
+
+
+def test_train_section_of_another_code_version_does_not_stop_loading(tmp_path):
+    path = random_model_dir(tmp_path / "m", "recovery")
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["train"]["renamed_option"] = 3
+    (path / "model.json").write_text(json.dumps(meta))
+    assert load_model(path).config.model.nf == 16
+    meta["config"]["model"]["nf"] = "wide"
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"model.json: config: invalid config: model\.nf"):
+        load_model(path)
