@@ -11,7 +11,9 @@ strides of its samples (rank A reads positions 0, 2, 4..., rank B 1, 3, 5...), s
 **Equal batch counts.** :func:`batches_per_epoch` depends on the index and the world size only: ``total train
 samples // (world * batch_size)`` (at least 1), the same on every rank, so DDP and ``ray.train.report`` never
 wait on a rank that ran out. A rank whose share is short wraps around within its own share (a second pass,
-shuffled anew); a rank with more drops its surplus (it comes back in later epochs, which reshuffle).
+shuffled anew); a rank with more drops its surplus (it comes back in later epochs, which reshuffle). Shares
+differ by at most one shard, so with few shards per rank a noticeable part of an epoch repeats or waits for a
+later epoch: keep several shards per rank (synthesis' ``samples_per_shard: auto`` makes at least 64 shards).
 
 **Order and resume.** A rank's epoch is a fixed list of slots ``(pass, shard, position)``: its share streamed in
 order through a simulated shuffle buffer seeded by ``(seed, epoch, world, rank, pass)``. The list is a pure
@@ -27,7 +29,7 @@ so the result equals cropping the whole decoded sample, and short crops cost a f
 that a truncated or malformed tar no longer holds, or whose shard cannot be read, is skipped, logged and counted
 in ``stats["skipped"]``. Its slot is filled with a good sample of the *same batch* (duplicated), so the batch
 count, the batch size and the other slots do not move and resume stays exact. A batch with no good sample at all
-takes the first decodable sample of the train split (in index order) for every slot.
+takes the first decodable sample of the split (in index order) for every slot.
 
 **Crops.** A random crop of ``crop_samples`` (a multiple of 480 at 48 kHz) starting at a multiple of 480 inside the
 sample's valid (non-padded) part, drawn from ``(seed, epoch, pass, key)``. The 16 kHz streams are the 48 kHz crop
