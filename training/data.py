@@ -13,7 +13,7 @@ samples // (world * batch_size)`` (at least 1), the same on every rank, so DDP a
 wait on a rank that ran out. A rank whose share is short wraps around within its own share (a second pass,
 shuffled anew); a rank with more drops its surplus (it comes back in later epochs, which reshuffle). Shares
 differ by at most one shard, so with few shards per rank a noticeable part of an epoch repeats or waits for a
-later epoch: keep several shards per rank (synthesis' ``samples_per_shard: auto`` makes at least 64 shards).
+later epoch: keep several shards per rank (synthesis' ``samples_per_shard: auto`` aims at 64 shards).
 
 **Order and resume.** A rank's epoch is a fixed list of slots ``(pass, shard, position)``: its share streamed in
 order through a simulated shuffle buffer seeded by ``(seed, epoch, world, rank, pass)``. The list is a pure
