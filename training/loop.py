@@ -353,6 +353,8 @@ def _evaluate(stage: Stage, opt: TrainOptimizers, ctx: Context, max_samples: int
 def run(config: dict, ctx: Context) -> dict[str, Any]:
     """The training loop (see the module docstring); returns a summary (``final_step``, final metrics)."""
     cfg = StageConfig.model_validate(config["stage_config"])
+    if config.get("stage", cfg.stage) != cfg.stage:
+        raise UsageError(f"loop config: stage {config['stage']!r} but stage_config is for {cfg.stage!r}")
     steps = int(config.get("steps") or cfg.train.steps)
     if steps != cfg.train.steps:  # the schedule spans the steps this run actually takes
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps})})
