@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "pipelines.commands.synth",
     "pipelines.commands.shards",
     "pipelines.commands.models",
+    "pipelines.commands.train",
     "pipelines.commands.demo",
 ]
 

@@ -305,19 +305,27 @@ def registered_versions(tracking_uri: str, stage: str, run_id: str) -> list[str]
 def log_and_register_model(
     tracking_uri: str, run_id: str, stage: str, model_dir: str, lineage: Mapping[str, Any]
 ) -> str:
-    """Log ``model_dir`` (local or URI) as the run's ``model/`` artifacts and register it as a new version of
-    ``hires-<stage>`` whose tags carry ``lineage``; returns the version. A run already registered (a rerun after
-    the driver died past this point) keeps its version: nothing is logged twice."""
+    """Log ``model_dir`` (local or URI) among the run's artifacts and register it as a new version of
+    ``hires-<stage>`` whose tags carry ``lineage`` (``hires.<key>``); returns the version.
+
+    The first model of a run goes to the artifact folder ``model/``; a run continued to more steps registers its
+    later model from ``model-step<N>/``, so every version's files stay as they were registered. A model already
+    registered from this run at the same ``lineage["step"]`` (a rerun after the driver died past this point)
+    keeps its version: nothing is logged twice.
+    """
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
     name = model_name(stage)
-    existing = registered_versions(tracking_uri, stage, run_id)
-    if existing:
-        return existing[-1]
+    step = str(lineage.get("step"))
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    for mv in sorted(found, key=lambda mv: int(mv.version)):
+        if mv.tags.get("hires.step") == step:
+            return str(mv.version)
+    artifact_path = "model" if not found else f"model-step{step}"
     with tempfile.TemporaryDirectory(prefix="hires-model-") as tmp:
         local = _local_copy(model_dir, tmp)
-        client.log_artifacts(run_id, local, "model")
+        client.log_artifacts(run_id, local, artifact_path)
     try:
         client.create_registered_model(
             name, description=f"hires {stage} stage: model directories from training"
@@ -328,7 +336,7 @@ def log_and_register_model(
     run = client.get_run(run_id)
     mv = client.create_model_version(
         name,
-        source=f"{run.info.artifact_uri}/model",
+        source=f"{run.info.artifact_uri}/{artifact_path}",
         run_id=run_id,
         tags={f"hires.{k}": str(v) for k, v in lineage.items() if v is not None},
     )

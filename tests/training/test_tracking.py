@@ -124,6 +124,7 @@ def test_model_registered_with_lineage_and_downloaded_by_version_and_alias(mlflo
         "shards": "/data/shards",
         "shards_index_sha256": "ab" * 32,
         "code_version": "c0de",
+        "step": 4,
     }
     model_dir = _model_dir(tmp_path / "run" / "model")
     version = tracking.log_and_register_model(uri, run_id, "recovery", model_dir, lineage)
@@ -136,6 +137,12 @@ def test_model_registered_with_lineage_and_downloaded_by_version_and_alias(mlflo
     assert mv.tags["hires.shards"] == "/data/shards" and mv.tags["hires.run_id"] == run_id
     names = {a.path for a in client.list_artifacts(run_id, "model")}
     assert names == {"model/model.json", "model/weights.safetensors"}
+
+    # the run continued to more steps: a new version from its own folder, the first one's files untouched
+    later = _model_dir(tmp_path / "run2" / "model", step=8)
+    version2 = tracking.log_and_register_model(uri, run_id, "recovery", later, {**lineage, "step": 8})
+    assert int(version2) == int(version) + 1
+    assert client.get_model_version("hires-recovery", version2).source.endswith("/model-step8")
 
     client.set_registered_model_alias("hires-recovery", "champion", version)
     for ref in (f"models:/hires-recovery/{version}", "models:/hires-recovery@champion"):
