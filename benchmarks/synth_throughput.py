@@ -15,6 +15,11 @@ encoding and ``webdataset.TarWriter``. Figures:
   load on the host, which inflates the wall-clock figures);
 * ``scaling_1_to_2``: render throughput with 2 workers over 1 worker.
 
+Besides, in the same run and in this one process (no Ray): ``baseline_user_chain``, the twenty-line chain a user
+would write (:func:`bench_user_chain`), ``hires_in_process``, hires' own per-sample render path (what one worker
+does), and ``hires_in_process_user_recipe``, the same with the user chain's recipe (extras: zero to two of
+clipping / MP3 / low-pass), which separates doing more from doing it slower.
+
 Targets (docs/design.md, "Performance targets"): >= 150x real time per core, 1 -> 2 workers >= 1.8x. Usage::
 
     python benchmarks/synth_throughput.py --minutes 10 [--workdir out/bench-synth] [--json out.json]
@@ -186,6 +191,54 @@ def bench_baseline(inputs: dict[str, str], workdir: Path, segment_s: float = 5.1
     }
 
 
+# the user chain's recipe in hires terms: 0-2 of clipping / MP3 / low-pass (poly resampling band limit)
+USER_RECIPE = {
+    "chain.extras.count_probabilities": [1 / 3, 1 / 3, 1 / 3],
+    "chain.extras.ops": ["clipping", "codec", "bandwidth"],
+    "chain.codec.codecs": [{"name": "mp3", "bitrates_kbps": [8, 16, 24, 32, 48, 64]}],
+    "chain.bandwidth.families": ["poly"],
+}
+
+
+def bench_hires_in_process(inputs: dict[str, str], workdir: Path, overrides: dict | None = None) -> dict:
+    """hires' per-sample render path (read, chain, FLAC, shard tar) in this one process, no Ray: what one
+    synthesis worker does, comparable with the user chain's loop. Plan time is left out (it is not per sample)."""
+    import numpy as np
+
+    from datasets.manifest import read_manifest
+    from datasets.synth_config import load_synth_config
+    from datasets.synth_plan import plan_rows
+    from datasets.synth_render import render_shard_bytes
+    from degradations import Banks
+
+    cfg = load_synth_config(overrides=overrides)
+    banks = Banks.from_manifests(inputs["noise"], inputs["rir"], sr=cfg.segment.sample_rate)
+    rows = plan_rows(read_manifest(inputs["clean"], kind="speech"), cfg, 0, banks.catalog())
+    out = workdir / ("hires_in_process" + ("_user_recipe" if overrides else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    per = 512
+    for i in range(0, len(rows), per):
+        with open(out / f"shard-{i // per:06d}.tar", "wb") as f:
+            render_shard_bytes(rows[i : i + per], f, cfg, 0, banks, "bench")
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    audio_s = len(rows) * cfg.segment.seconds
+    ops: dict[str, int] = {}
+    for row in rows:
+        for step in json.loads(row["steps"]):
+            ops[step["op"]] = ops.get(step["op"], 0) + 1
+    return {
+        "workers": 1,
+        "samples": len(rows),
+        "audio_hours": round(audio_s / 3600, 4),
+        "wall_s": round(wall, 2),
+        "x_realtime_per_core": round(audio_s / wall, 1),
+        "x_realtime_per_cpu_second": round(audio_s / cpu, 1),
+        "mean_ops_per_sample": round(float(np.mean([len(json.loads(r["steps"])) for r in rows])), 2),
+        "op_counts": ops,
+    }
+
+
 def _segments(frames: int, n: int, sr: int, min_tail_s: float = 1.0):
     """Offsets of ``n``-sample pieces, the last one zero-padded when at least ``min_tail_s`` long (as synthesis)."""
     offsets = list(range(0, frames - n + 1, n))
@@ -320,6 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         user = bench_user_chain(inputs, args.workdir)
         result["baseline_user_chain"] = user
+        local = bench_hires_in_process(inputs, args.workdir)
+        same = bench_hires_in_process(inputs, args.workdir, USER_RECIPE)
+        result["hires_in_process"] = local
+        result["hires_in_process_user_recipe"] = same
+        result["hires_in_process_over_user_chain_per_cpu_second"] = round(
+            local["x_realtime_per_cpu_second"] / user["x_realtime_per_cpu_second"], 2
+        )
+        result["hires_user_recipe_over_user_chain_per_cpu_second"] = round(
+            same["x_realtime_per_cpu_second"] / user["x_realtime_per_cpu_second"], 2
+        )
         # end to end (Ray and worker start-up, plan and index included) against the chain's whole loop
         result["hires_1w_end_to_end_over_user_chain_per_core"] = round(
             runs[0]["end_to_end_x_realtime_per_core"] / user["x_realtime_per_core"], 2
