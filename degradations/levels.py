@@ -84,7 +84,11 @@ def integrated_loudness(x: np.ndarray, sr: int) -> float:
     if len(x) == 0:
         return SILENCE_DB
     # settled: a zero-padded tail costs what noise costs (no denormal arithmetic), same squares to the bit
-    y = sosfilt_settled(k_weighting_sos(int(sr)), np.asarray(x, dtype=np.float64))
+    # (sosfilt filters a float64 copy of float32 input itself: exact, and one copy fewer than converting first)
+    x = np.asarray(x)
+    y = sosfilt_settled(
+        k_weighting_sos(int(sr)), x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+    )
     sq = y * y
     step = int(round(0.1 * sr))  # 100 ms hop = 75 % overlap of 400 ms blocks
     n_steps = len(sq) // step

@@ -49,4 +49,9 @@ class Loudness(Degradation):
         lufs, gain = self.gain_db(degraded, sr, params)
         g = np.float32(db_to_gain(gain))
         report = {"loudness_lufs": lufs, "loudness_gain_db": gain if lufs is not None else None}
-        return (target * g).astype(np.float32), (degraded * g).astype(np.float32), report
+        return _scaled(target, g), _scaled(degraded, g), report
+
+
+def _scaled(x: np.ndarray, g: np.float32) -> np.ndarray:
+    y = x * g  # float32 already for float32 input: no second copy
+    return y if y.dtype == np.float32 else y.astype(np.float32)
