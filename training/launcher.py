@@ -535,6 +535,7 @@ def run_training(
         summary.wall_s = time.monotonic() - t0
         return summary
 
+    models = resolve_models(p)  # before Ray: a wrong or missing model fails in seconds
     before = latest_checkpoint(p.run_dir)
     summary.resumed_from = int(before["step"]) if before and "step" in before else None
 
@@ -550,7 +551,6 @@ def run_training(
             )
             summary.run_id = run_id
             mlflow_cfg = {"tracking_uri": p.tracking_uri, "run_id": run_id}
-        models = resolve_models(p)
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
         cpw = cpus_per_worker(req, cluster_cpus, p.stage_config.train.num_threads)
         summary.cpus_per_worker = cpw
