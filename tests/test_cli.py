@@ -239,8 +239,9 @@ def test_errors_raised_in_ray_tasks_are_reported_by_their_cause(fake_commands, m
 
         return run
 
-    import hires_fake_commands
+    import importlib
 
+    hires_fake_commands = importlib.import_module("hires_fake_commands")  # written by the fixture
     monkeypatch.setattr(hires_fake_commands, "run", remote(DataError))
     assert main(["boom", "data"]) == 2
     assert capsys.readouterr().err == "hires: error: shard-000003.tar: member a.json does not decode\n"
