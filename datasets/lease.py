@@ -3,7 +3,8 @@
 :func:`hold_lease` creates ``<out>/.lease.json``::
 
     {"owner": "alice", "host": "node-3", "pid": 4242, "started": 1764230000.0, "heartbeat": 1764230030.0,
-     "what": "synth", "token": "<uuid4>", "stale_after_s": 300.0, "pid_start": "<ticks>"}
+     "what": "synth", "token": "<uuid4>", "stale_after_s": 300.0, "pid_start": "<ticks>",
+     "pid_ns": "pid:[4026531836]"}
 
 and a thread rewrites ``heartbeat`` every ``heartbeat_s`` seconds. A second holder fails at once with a
 :class:`LeaseHeldError` naming the owner, the host and the age of the lease. A lease is taken over (with a
@@ -90,8 +91,8 @@ class _LocalStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError:
-                # NFS emulates flock with byte-range locks, which need a file open for writing: every client of
-                # such a filesystem fails here alike and locks a file beside the lease instead
+                # NFS emulates flock with byte-range locks, which need a file open for writing: every client
+                # of such a filesystem fails here alike and locks a file beside the lease instead
                 os.close(fd)
                 fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -233,9 +234,22 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _process_gone(info: dict[str, Any]) -> bool:
-    """The lease was written on this host by a process that no longer runs (killed, crashed)."""
+    """The lease was written on this host by a process that no longer runs (killed, crashed).
+
+    Only judged where this process sees the writer's pids: the same host name and the same pid namespace
+    (containers sharing the host's name, e.g. with host networking, have pid namespaces of their own).
+    """
     if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    if info.get("pid_ns") != _pid_namespace():
         return False
     pid = info["pid"]
     try:
@@ -368,6 +382,7 @@ def acquire_lease(
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "pid_start": _process_start(os.getpid()),
+        "pid_ns": _pid_namespace(),
         "started": round(now, 3),
         "heartbeat": round(now, 3),
         "what": what,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -88,7 +89,7 @@ def test_second_holder_fails_at_once_naming_owner_host_and_age(out_dir):
 def test_a_live_holder_in_this_process_blocks_another(out_dir):
     with (
         hold_lease(out_dir, what="synth"),
-        pytest.raises(LeaseHeldError, match=f"pid {__import__('os').getpid()}"),
+        pytest.raises(LeaseHeldError, match=f"pid {os.getpid()}"),
     ):
         acquire_lease(out_dir)
 
@@ -116,7 +117,12 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(out_dir, c
     """A run killed with SIGKILL leaves its lease; running the command again resumes at once."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    _write(out_dir, host=socket.gethostname(), pid=dead.pid, heartbeat=time.time())
+    pid_ns = os.readlink("/proc/self/ns/pid")
+    # in another pid namespace (a container with the host's name) the pid says nothing: the lease holds
+    _write(out_dir, host=socket.gethostname(), pid=dead.pid, pid_ns="pid:[1]", heartbeat=time.time())
+    with pytest.raises(LeaseHeldError):
+        acquire_lease(out_dir, stale_after_s=600)
+    _write(out_dir, host=socket.gethostname(), pid=dead.pid, pid_ns=pid_ns, heartbeat=time.time())
     with caplog.at_level(logging.WARNING, logger="datasets.lease"), hold_lease(out_dir, stale_after_s=600):
         pass
     assert "its process no longer runs" in caplog.text
@@ -203,8 +209,6 @@ def test_another_process_holding_the_lease(tmp_path):
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
@@ -224,7 +228,6 @@ def test_a_filesystem_that_cannot_lock_directories_locks_a_file(tmp_path, monkey
     """NFS emulates flock with byte-range locks, which fail on a directory opened read-only."""
     import errno
     import fcntl
-    import os
     import stat
 
     real_flock = fcntl.flock
