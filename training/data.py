@@ -37,9 +37,9 @@ resampled with soxr (VHQ) over a 960-sample context on each side, so they equal 
 segment resampled and are exactly ``crop_samples // 3`` long. soxr was measured against the torch resampler of
 :mod:`training.features` on one core: 0.6 ms against 7 ms per 5.12 s clip, hence soxr.
 
-**Loudness.** With ``input_loudness_lufs`` set, the degraded crop is normalised with
-:func:`degradations.input_loudness.normalize_input` (restore uses the same function) and the clean crop is scaled
-by the same gain.
+**Loudness.** With ``input_loudness_lufs`` set, the degraded crop is normalised with the gain of
+:func:`degradations.input_loudness.normalize_input` (restore's function; :func:`~degradations.input_loudness.input_gain`
+is its gain alone) and the clean crop is scaled by the same gain.
 
 **Threads.** A producer thread streams the tars and hands each sample to a pool of ``num_threads`` threads that
 decode, crop, normalise and resample it (soundfile, soxr and scipy release the GIL); up to ``prefetch_batches``
@@ -394,11 +394,12 @@ def prepare_window(clean: np.ndarray, degraded: np.ndarray, spec: DataSpec) -> d
     ``crop_samples`` plus the context (:data:`RESAMPLE_CONTEXT` each side when a 16 kHz stream is asked for,
     zeros outside the sample), float32, and are scaled in place by the loudness gain."""
     from datasets.audio import resample
-    from degradations.input_loudness import normalize_input
+    from degradations.input_loudness import input_gain
 
     crop, margin = spec.crop_samples, _margin(spec)
     if spec.input_loudness_lufs is not None:
-        _, gain = normalize_input(degraded[margin : margin + crop], SAMPLE_RATE, spec.input_loudness_lufs)
+        # the gain of normalize_input (restore's function), applied here to the context and the target too
+        gain = input_gain(degraded[margin : margin + crop], SAMPLE_RATE, spec.input_loudness_lufs)
         clean *= np.float32(gain)
         degraded *= np.float32(gain)
     out: dict[str, np.ndarray] = {}
@@ -472,15 +473,15 @@ def _decode_window(
             x = np.zeros(stop - start, dtype=np.float32)
             if b > a:
                 try:
-                    f.seek(a)
-                    part = f.read(b - a, dtype="float32")
+                    if a:
+                        f.seek(a)
+                    got = len(f.read(out=x[a - start : b - start]))  # decoded straight into the window
                 except Exception as e:
                     raise shard_format.SampleDecodeError(f"{where}: {label}.flac does not decode: {e}") from e
-                if len(part) != b - a:
+                if got != b - a:
                     raise shard_format.SampleDecodeError(
-                        f"{where}: {label}.flac ends at {a + len(part)} of {length} samples"
+                        f"{where}: {label}.flac ends at {a + got} of {length} samples"
                     )
-                x[a - start : b - start] = part
             out.append(x)
     finally:
         for f in files:
