@@ -52,6 +52,7 @@ from training.data import TRAIN_SPLIT, VALID_SPLIT, DataSpec, as_spec, collate, 
 log = logging.getLogger(__name__)
 
 ROWS_PER_BLOCK = 8  # rows per render task: ~0.3 s of work, small enough to spread over the free CPUs
+MAX_BLOCKS = 10000  # long runs get bigger blocks rather than millions of read tasks planned up front
 DEFAULT_CPUS_PER_TASK = 0.5
 
 
@@ -246,7 +247,7 @@ def rendered_dataset(spec: DataSpec | dict, epochs: int, start_epoch: int = 0, p
     if total == 0:
         raise DataError(f"online: nothing to render for epochs {start_epoch}..{epochs - 1}")
     cpus = float(_online(spec).get("cpus_per_task", DEFAULT_CPUS_PER_TASK))
-    ds = ray.data.range(total, override_num_blocks=max(1, -(-total // ROWS_PER_BLOCK)))
+    ds = ray.data.range(total, override_num_blocks=min(MAX_BLOCKS, max(1, -(-total // ROWS_PER_BLOCK))))
     return ds.map_batches(
         _render_batch,
         fn_kwargs={"spec": spec, "start_epoch": int(start_epoch), "prepare": prepare},
