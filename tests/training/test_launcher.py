@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from data_fixtures import write_shard_set
+from data_fixtures import tiny_synth_inputs, write_shard_set  # noqa: F401 - fixture
 from mlflow_fixtures import mlflow_server  # noqa: F401 - fixture
 from train_run_helpers import REPO, request, set_args, subprocess_env, train_argv
 
@@ -241,3 +241,35 @@ def test_train_two_workers_tracked_in_mlflow_server(shards, tmp_path, mlflow_ser
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert "already finished at step 4" in proc.stdout.decode()
     assert len(client.search_model_versions(f"name = 'hires-recovery' and run_id = '{run_id}'")) == 1
+
+
+@pytest.mark.slow
+def test_online_two_workers_leave_ray_data_a_cpu(tiny_synth_inputs, tmp_path):  # noqa: F811
+    # two training workers on a 2-CPU local Ray: 0.5 CPU each, so Ray Data's render tasks get one and the
+    # streaming split does not wait forever
+    from train_run_helpers import FAST
+
+    req = launcher.TrainRequest(
+        stage="recovery",
+        out=str(tmp_path / "out"),
+        online={k: tiny_synth_inputs[k] for k in ("clean", "noise", "rir")},
+        config="tiny",
+        overrides=dict(FAST),
+        workers=2,
+        steps=4,
+        tracking_uri="none",
+    )
+    summary = launcher.run_training(req)
+    assert summary.run_name == "recovery-tiny-online" and summary.final_step == 4
+    assert summary.cpus_per_worker == 0.5
+    assert launcher.finished_step(summary.run_dir) == 4
+
+
+@pytest.mark.slow
+def test_elastic_workers(shards, tmp_path):
+    summary = launcher.run_training(
+        request(str(shards), str(tmp_path / "out"), 2, workers=(1, 2), tracking_uri="none")
+    )
+    assert summary.final_step == 2
+    meta = json.loads(Path(summary.model_dir, "model.json").read_text())
+    assert 1 <= meta["world_size"] <= 2
