@@ -128,6 +128,39 @@ def find_or_create_run(
     Found by :data:`RUN_KEY_TAG` among the experiment's active runs (the newest if several), else created with
     ``run_name``. ``tags`` are set on either (a rerun updates e.g. the Ray job id). The run is marked RUNNING.
     """
+    from mlflow.exceptions import MlflowException
+
+    check_reachable(tracking_uri)
+    try:
+        return _find_or_create_run(tracking_uri, experiment, run_name, run_dir, tags)
+    except MlflowException as e:
+        raise UsageError(
+            f"--tracking-uri {tracking_uri}: the MLflow store refused the run: {' '.join(str(e).split())[:300]}"
+        ) from None
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds when an ``http(s)://`` tracking server does not answer (MLflow itself retries for
+    minutes)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:  # it answers (a proxy or an auth layer may refuse /health): reachable
+        return
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise UsageError(
+            f"--tracking-uri {tracking_uri}: no MLflow server answers there ({reason})"
+        ) from None
+
+
+def _find_or_create_run(
+    tracking_uri: str, experiment: str, run_name: str, run_dir: str, tags: Mapping[str, Any] | None
+) -> tuple[str, bool]:
     client = _client(tracking_uri)
     exp_id = _experiment_id(client, experiment, tracking_uri)
     key = run_key(run_dir)

@@ -169,6 +169,19 @@ def test_embedded_store_default_and_s3_out_needs_a_server(tmp_path):
         tracking.default_tracking_uri("s3://bucket/runs")
 
 
+def test_unreachable_server_is_a_one_line_error_in_seconds(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nobody listens once closed
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match="no MLflow server answers"):
+        tracking.find_or_create_run(f"http://127.0.0.1:{port}", "hires", "r", str(tmp_path / "r"))
+    assert time.monotonic() - t0 < 10
+
+
 def test_flatten():
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": [{"e": 3}]}) == {
         "a.b": 1,
