@@ -273,3 +273,22 @@ def test_elastic_workers(shards, tmp_path):
     assert summary.final_step == 2
     meta = json.loads(Path(summary.model_dir, "model.json").read_text())
     assert 1 <= meta["world_size"] <= 2
+
+
+@pytest.mark.slow
+def test_an_error_the_user_can_fix_on_a_worker_is_raised_as_is(shards, tmp_path):
+    # e.g. an --init model whose network does not fit: raised inside train_func, reported by the driver as the
+    # project's error (one line from the CLI), and the MLflow run marked FAILED
+    from mlflow import MlflowClient
+
+    def failing_train_func(config: dict) -> None:  # nested: Ray ships it by value to the workers
+        from datasets.errors import IncompatibleError as WorkerError
+
+        raise WorkerError("--init m: network does not fit")
+
+    out = tmp_path / "out"
+    with pytest.raises(IncompatibleError, match="network does not fit"):
+        launcher.run_training(request(str(shards), str(out), 2), train_func=failing_train_func)
+    uri = launcher.tracking.default_tracking_uri(str(out))
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("hires").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
