@@ -108,3 +108,38 @@ def test_the_checker_sees_paths():
         "DESIGN.md",
         "docs/shards.md",
     ]
+
+
+def _readme_commands() -> set[tuple[str, ...]]:
+    """Sub-command paths of the README's command table: `hires synth plan --clean M ...` -> ("synth", "plan")."""
+    found = set()
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("| `hires "):
+            continue
+        cell = line.split("` |", 1)[0] + "`"
+        for span in re.findall(r"`hires ([^`]*)`", cell):
+            words = []
+            for word in span.split():
+                if not re.fullmatch(r"[a-z][a-z_-]*", word):
+                    break  # the first flag, placeholder (STAGE, DIR) or option group ends the command path
+                words.append(word)
+            found.add(tuple(words))
+    return found
+
+
+def test_the_readme_command_table_matches_the_cli():
+    """Every command the README lists exists, and every command of the CLI is listed."""
+    from pipelines.cli import build_parser
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                for name, child in action.choices.items():
+                    yield (*prefix, name), child
+                    yield from walk(child, (*prefix, name))
+
+    groups = {path for path, child in walk(build_parser(), ()) if child.get_default("func") is None}
+    cli = {path for path, _ in walk(build_parser(), ())} - groups  # what a user can run
+    documented = _readme_commands()
+    assert documented - cli == set(), "README lists commands the CLI does not have"
+    assert cli - documented == set(), "CLI commands missing from the README's command table"
