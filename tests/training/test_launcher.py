@@ -292,3 +292,22 @@ def test_an_error_the_user_can_fix_on_a_worker_is_raised_as_is(shards, tmp_path)
     uri = launcher.tracking.default_tracking_uri(str(out))
     runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("hires").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_model_uris_are_downloaded_where_workers_read_them(shards, tmp_path):
+    out = tmp_path / "out"
+    uri = launcher.tracking.default_tracking_uri(str(out))
+    src = tmp_path / "trained"
+    src.mkdir()
+    (src / "model.json").write_text(json.dumps({"stage": "recovery", "step": 3}))
+    (src / "weights.safetensors").write_bytes(b"w")
+    run_id, _ = launcher.tracking.find_or_create_run(uri, "hires", "earlier", str(tmp_path / "earlier"))
+    version = launcher.tracking.log_and_register_model(uri, run_id, "recovery", str(src), {"step": 3})
+    req = request(str(shards), str(out), 2, models={"init": f"models:/hires-recovery/{version}"})
+    models = launcher.resolve_models(launcher.prepare(req))
+    assert models["init"] == str(out / "recovery-tiny" / "inputs" / "init")
+    assert (out / "recovery-tiny" / "inputs" / "init" / "weights.safetensors").read_bytes() == b"w"
+    assert models["recovery"] is None and models["autoencoder"] is None
+    req.models = {"init": "models:/hires-recovery/99"}
+    with pytest.raises(DataError, match="models:/hires-recovery/99"):
+        launcher.resolve_models(launcher.prepare(req))
