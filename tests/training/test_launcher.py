@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from data_fixtures import tiny_synth_inputs, write_shard_set  # noqa: F401 - fixture
 from mlflow_fixtures import mlflow_server  # noqa: F401 - fixture
+from s3_server import BUCKET, s3_server  # noqa: F401 - fixture
 from train_run_helpers import REPO, request, set_args, subprocess_env, train_argv
 
 from datasets.errors import DataError, IncompatibleError, UsageError
@@ -311,3 +312,24 @@ def test_model_uris_are_downloaded_where_workers_read_them(shards, tmp_path):
     req.models = {"init": "models:/hires-recovery/99"}
     with pytest.raises(DataError, match="models:/hires-recovery/99"):
         launcher.resolve_models(launcher.prepare(req))
+
+
+@pytest.mark.slow
+def test_s3_out_trains_resumes_and_finishes(shards, tmp_path, s3_server):  # noqa: F811
+    # OUT on S3 (a local moto server): checkpoints, the model directory and the run's state live in the bucket;
+    # the tracking store is a local sqlite file (an s3:// OUT needs an explicit --tracking-uri)
+    import fsspec
+
+    out = f"s3://{BUCKET}/train"
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = launcher.run_training(request(str(shards), out, 2, tracking_uri=tracking_uri))
+    assert first.final_step == 2 and first.model_dir == f"{out}/recovery-tiny/model"
+    more = launcher.run_training(request(str(shards), out, 4, tracking_uri=tracking_uri))
+    assert more.resumed_from == 2 and more.final_step == 4 and more.run_id == first.run_id
+    assert launcher.finished_step(f"{out}/recovery-tiny") == 4
+    names = fsspec.filesystem("s3").ls(f"{BUCKET}/train/recovery-tiny/model")
+    assert sorted(n.rsplit("/", 1)[-1] for n in names) == ["model.json", "weights.safetensors"]
+    again = launcher.run_training(request(str(shards), out, 4, tracking_uri=tracking_uri), connect=_no_ray)
+    assert again.status == "already finished"
+    # two registered versions: the 2-step model and the continued 4-step one
+    assert int(more.model_version) == int(first.model_version) + 1
