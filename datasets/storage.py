@@ -139,4 +139,3 @@ def makedirs(path: str) -> None:
     """Create a local directory (object stores have no directories: nothing to do)."""
     if not is_uri(path):
         os.makedirs(path, exist_ok=True)
-

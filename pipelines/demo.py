@@ -1,8 +1,10 @@
-"""The main job on embedded defaults: demo corpus -> noise and RIR banks -> manifests -> synthesis.
+"""The main job on embedded defaults: demo corpus -> noise and RIR banks -> manifests -> synthesis -> training.
 
 Every step writes under one output folder and is deterministic for the seed, so running the demo twice gives the
-same bytes and a second run resumes (synthesis keeps complete shards). Later stages (training, restore,
-evaluation) join this chain as they land.
+same bytes and a second run resumes (synthesis keeps complete shards; a finished training run says so and trains
+nothing). Training runs the four tiny stages on Ray Train with two workers: recovery, autoencoder and vocoder from
+the shards, then the latent diffusion model on the frozen recovery and autoencoder models, each tracked in one
+MLflow store (``OUT/train/mlflow.db``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
-from datasets.config import CONFIG_ROOT, StrictModel, load_config
+from datasets.config import CONFIG_ROOT, ConfigError, StrictModel, load_config
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONFIG_ROOT / "demo.yaml"
@@ -38,24 +41,44 @@ class DemoSynth(StrictModel):
     samples_per_shard: int = Field(8, ge=1)
 
 
+class DemoTrain(StrictModel):
+    """The tiny training runs of the demo (stage configs ``configs/train/<stage>/<config>.yaml``)."""
+
+    enabled: bool = True
+    stages: list[Literal["recovery", "autoencoder", "vocoder", "ldm"]] = [
+        "recovery",
+        "autoencoder",
+        "vocoder",
+        "ldm",
+    ]
+    config: str = "tiny"
+    workers: int = Field(2, ge=1)
+    steps: int = Field(20, ge=1)
+    crop_seconds: float = Field(0.5, gt=0)
+
+
 class DemoConfig(StrictModel):
     seed: int = 0
     corpus: DemoCorpus = DemoCorpus()
     noise: DemoNoise = DemoNoise()
     rir: DemoRir = DemoRir()
     synth: DemoSynth = DemoSynth()
+    train: DemoTrain = DemoTrain()
 
 
 @dataclass
 class DemoResult:
     out: Path
     steps: dict[str, dict] = field(default_factory=dict)
+    tracking_uri: str | None = None
 
     def lines(self) -> list[str]:
         lines = [f"hires demo: outputs in {self.out}"]
         for name, info in self.steps.items():
             details = ", ".join(f"{k} {v}" for k, v in info.items() if k != "path")
-            lines.append(f"  {name:<8} {info.get('path', '')}  ({details})")
+            lines.append(f"  {name:<17} {info.get('path', '')}  ({details})")
+        if self.tracking_uri:
+            lines.append(f"browse the training runs: mlflow ui --backend-store-uri {self.tracking_uri}")
         return lines
 
 
@@ -127,7 +150,57 @@ def run_demo(
         "hours": round(summary.hours, 4),
         "x_realtime_per_core": round(summary.x_realtime_per_core, 1),
     }
+    if cfg.train.enabled and cfg.train.stages:
+        train_demo_stages(out / "shards", out / "train", cfg, result, num_cpus=num_cpus, progress=progress)
     return result
+
+
+def train_demo_stages(
+    shards: Path, out: Path, cfg: DemoConfig, result: DemoResult, num_cpus: int | None, progress: bool
+) -> None:
+    """Train the demo's tiny stages in order on one local Ray; ldm uses the recovery and autoencoder models."""
+    import ray
+
+    from pipelines.ray_setup import init_ray
+    from training import tracking
+    from training.launcher import TrainRequest, run_training
+
+    t = cfg.train
+    if "ldm" in t.stages and not {"recovery", "autoencoder"} <= set(t.stages):
+        raise ConfigError(f"{DEFAULT_CONFIG}: train.stages: ldm needs recovery and autoencoder before it")
+    started, _ = init_ray(None, num_cpus, quiet=not progress)
+    models: dict[str, str | None] = {}
+    try:
+        for stage in t.stages:
+            begin = time.perf_counter()
+            request = TrainRequest(
+                stage=stage,
+                out=str(out),
+                shards=str(shards),
+                config=t.config,
+                overrides={"train.crop_seconds": t.crop_seconds},
+                workers=t.workers,
+                steps=t.steps,
+                seed=cfg.seed,
+                models={"recovery": models.get("recovery"), "autoencoder": models.get("autoencoder")}
+                if stage == "ldm"
+                else {},
+                command=f"hires demo (train {stage})",
+            )
+            summary = run_training(request, connect=lambda _address: False)
+            models[stage] = summary.model_dir
+            result.tracking_uri = summary.tracking_uri or tracking.default_tracking_uri(str(out))
+            loss = summary.metrics.get("loss")
+            result.steps[f"train {stage}"] = {
+                "path": summary.model_dir or summary.run_dir,
+                "steps": summary.final_step,
+                "final_loss": f"{loss:.4g}" if loss is not None else summary.status,
+                "seconds_taken": round(time.perf_counter() - begin, 1),
+            }
+            log.info("trained %s: %s", stage, "; ".join(summary.lines()))
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def load_demo_config(path: str | Path | None = None, overrides: dict | None = None) -> DemoConfig:
