@@ -1,6 +1,11 @@
-"""``hires train`` on a multi-node Ray cluster (``ray.cluster_utils.Cluster``: a head without CPUs and two worker
-nodes of one CPU each, all on this host): the two training workers run on different nodes (each is a child of
-another node's raylet), DDP over gloo between them works, and training completes with its model directory."""
+"""``hires train`` on clusters:
+
+* a multi-node Ray cluster (``ray.cluster_utils.Cluster``: a head without CPUs and two worker nodes of one CPU
+  each, all on this host): the two training workers run on different nodes (each is a child of another node's
+  raylet), DDP over gloo between them works, and training completes with its model directory;
+* the job entrypoint: ``ray job submit --working-dir . -- python -m pipelines train ... --address auto`` against a
+  local head with the job server; the job succeeds and its MLflow run carries the Ray job ids.
+"""
 
 from __future__ import annotations
 
@@ -79,4 +84,126 @@ def test_two_workers_on_two_nodes_train_to_the_end(tmp_path):
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{url}/api/version", timeout=2)
+        return True
+    except urllib.error.HTTPError:  # 401 without a token: up
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_and_tags_the_mlflow_run(tmp_path):
+    """The cluster entrypoint: a local head with the job server, ``ray job submit --working-dir .`` running
+    ``python -m pipelines train ... --address auto``; the job succeeds and its MLflow run carries the job ids."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import ray
+    from mlflow import MlflowClient
+    from train_run_helpers import REPO, VENV_BIN, subprocess_env, train_argv, wait_for
+
+    from training import tracking
+
+    if ray.is_initialized():  # the job runs on its own cluster
+        ray.shutdown()
+    shards = write_shard_set(tmp_path / "shards", [("train", 3), ("train", 3), ("train", 2), ("valid", 2)])
+    temp_dir = tempfile.mkdtemp(prefix="hrj", dir="/tmp")
+    dashboard_port = _free_port()
+    env = subprocess_env(HOME=str(tmp_path / "home"), RAY_AUTH_MODE="disabled")
+    head = subprocess.Popen(
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={_free_port()}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        wait_for(
+            lambda: head.poll() is not None or _answers(url),
+            timeout_s=120,
+            what="the Ray head",
+            interval_s=0.5,
+        )
+        assert head.poll() is None, head.stderr.read().decode()[-2000:]
+        out = tmp_path / "out"
+        entrypoint = train_argv(str(shards), str(out), 2, "--address", "auto")
+        entrypoint[0] = "python"  # resolved on the cluster, as a user would write it
+        job_id = "hires-train-test"
+        deadline = time.monotonic() + 120
+        while True:  # the job agent registers a few seconds after the dashboard answers
+            submit = subprocess.run(
+                [
+                    str(VENV_BIN / "ray"),
+                    "job",
+                    "submit",
+                    "--address",
+                    url,
+                    "--submission-id",
+                    job_id,
+                    "--working-dir",
+                    ".",
+                    "--runtime-env",
+                    "infra/runtime_env.yaml",
+                    "--",
+                    *entrypoint,
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                timeout=400,
+            )
+            logs = submit.stdout.decode()[-3000:] + submit.stderr.decode()[-3000:]
+            if "No available agent" not in logs or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert submit.returncode == 0, logs
+        assert "trained recovery to step 2" in logs
+        uri = tracking.default_tracking_uri(str(out))
+        client = MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("hires").experiment_id])
+        assert run.data.tags["ray.job_submission_id"] == job_id
+        assert run.data.tags["ray.job_id"]
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait(timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
