@@ -339,11 +339,10 @@ def _read_parts(run_dir: str, order: Iterable[tuple[int, Part]], needed: set[Slo
                 break
             except OSError as e:
                 error = f"{path}: cannot read: {e}"
-                if attempt < 2 and is_uri(path):
-                    log.warning("%s; reading it again", error)
-                    time.sleep(0.5 * 2**attempt)
-                elif not is_uri(path):
-                    break  # a local file that cannot be opened will not appear by waiting
+                if isinstance(e, FileNotFoundError) or not is_uri(path) or attempt == 2:
+                    break  # a missing object or a local file that cannot be read will not appear by waiting
+                log.warning("%s; reading it again", error)
+                time.sleep(0.5 * 2**attempt)
         if todo:
             log.warning("%s: %d sample(s) of this shard skipped", error, len(todo))
             for position in sorted(todo):

@@ -350,3 +350,33 @@ def test_corruption_inside_a_flac_is_skipped(shard_set, tmp_path):
     stats: dict = {}
     keys = [k for b in data.train_batches(spec, 0, 1, 0, stats=stats) for k in b["keys"]]
     assert stats["skipped"] == 1 and "utt006_0000" not in keys and len(keys) == 8
+
+
+def test_a_dropped_connection_reads_the_shard_again(shard_set, monkeypatch):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    uri = "memory://hires-loader-retry/run"
+    for path in sorted(Path(shard_set).rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{uri}/{path.relative_to(shard_set).as_posix()}", path.read_bytes())
+    try:
+        spec = spec_for(uri, batch_size=2)
+        expected = [b["keys"] for b in data.train_batches(spec, 0, 1, 0)]
+        real = shards.iter_raw_samples
+        failed: set[str] = set()
+
+        def flaky(path, digest=None):
+            for i, raw in enumerate(real(path, digest)):
+                if i == 1 and path not in failed:
+                    failed.add(path)
+                    raise ConnectionResetError("connection reset by peer")
+                yield raw
+
+        monkeypatch.setattr(shards, "iter_raw_samples", flaky)
+        monkeypatch.setattr(data.time, "sleep", lambda s: None)
+        stats: dict = {}
+        assert [b["keys"] for b in data.train_batches(spec, 0, 1, 0, stats=stats)] == expected
+        assert stats["skipped"] == 0 and len(failed) == 3
+    finally:
+        fs.rm(uri, recursive=True)
