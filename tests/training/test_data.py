@@ -380,3 +380,20 @@ def test_a_dropped_connection_reads_the_shard_again(shard_set, monkeypatch):
         assert stats["skipped"] == 0 and len(failed) == 3
     finally:
         fs.rm(uri, recursive=True)
+
+
+def test_closing_mid_epoch_stops_the_loader_threads(shard_set):
+    import threading
+    import time
+
+    spec = spec_for(shard_set, batch_size=1, prefetch_batches=1)
+    before = {t.name for t in threading.enumerate()}
+    batches = data.train_batches(spec, 0, 1, 0)
+    next(batches)
+    time.sleep(0.2)  # the reader and the pool run ahead of the consumer
+    assert any(t.name.startswith("hires-data") for t in threading.enumerate())
+    batches.close()
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("hires-data") and t.name not in before for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "loader threads still running after close"
+        time.sleep(0.05)
