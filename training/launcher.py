@@ -28,14 +28,16 @@ started, and stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -493,12 +495,13 @@ def run_training(
     req: TrainRequest,
     connect: Callable[[str | None], bool] | None = None,
     train_func: Callable[[dict], None] | None = None,
+    progress: bool = False,
 ) -> TrainSummary:
     """Train (or resume, or recognise as finished) the run ``req`` describes; see the module docstring.
 
     ``connect(address) -> started`` joins or starts Ray (the command passes :func:`pipelines.ray_setup.init_ray`,
     which also keeps Ray's logging out of the terminal); ``train_func`` defaults to
-    :func:`training.loop.train_func`.
+    :func:`training.loop.train_func`; ``progress`` shows a bar of the checkpointed step.
     """
     t0 = time.monotonic()
     p = prepare(req)
@@ -559,7 +562,8 @@ def run_training(
         if req.online is not None:
             datasets = _online_datasets(p, max_workers(req.workers), int((before or {}).get("epoch", 0)))
         try:
-            result = _fit(p, config, cpw, datasets, train_func)
+            with _progress(p, summary.resumed_from or 0, enabled=progress):
+                result = _fit(p, config, cpw, datasets, train_func)
         except BaseException as e:
             if summary.run_id:
                 status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -600,6 +604,41 @@ def _register(p: Prepared, run_id: str, model_dir: str) -> str:
         "online": canonical_json(p.data["online"]) if p.data.get("online") else None,
     }
     return tracking.log_and_register_model(p.tracking_uri, run_id, p.request.stage, model_dir, lineage)
+
+
+@contextlib.contextmanager
+def _progress(p: Prepared, start: int, enabled: bool, interval_s: float = 5.0) -> Iterator[None]:
+    """A progress bar of the run's latest checkpointed step (the driver only sees checkpoints: the bar moves every
+    ``train.checkpoint_every`` steps; per-step curves are in MLflow)."""
+    if not enabled:
+        yield
+        return
+    from tqdm import tqdm
+
+    stop = threading.Event()
+    bar = tqdm(total=p.steps, initial=start, unit="step", desc=f"train {p.request.stage}", dynamic_ncols=True)
+
+    def poll() -> None:
+        try:
+            step = int((latest_checkpoint(p.run_dir) or {}).get("step", bar.n))
+        except Exception:  # a snapshot being rewritten: next time
+            return
+        if step != bar.n:
+            bar.update(step - bar.n)
+
+    def watch() -> None:
+        while not stop.wait(interval_s):
+            poll()
+
+    thread = threading.Thread(target=watch, name="hires-train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval_s + 10)
+        poll()  # the final checkpoint
+        bar.close()
 
 
 def _fit(p: Prepared, config: dict, cpw: float, datasets: dict | None, train_func: Callable | None):

@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         started, _ = init_ray(address, None, quiet=args.quiet)
         return started
 
-    summary = run_training(req, connect=connect)
+    summary = run_training(req, connect=connect, progress=not args.quiet)
     for line in summary.lines():
         print(line, file=sys.stderr if args.quiet else sys.stdout)
     return 0
