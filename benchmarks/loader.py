@@ -129,6 +129,16 @@ def measure(run: Path, threads: int, clips: int, batch_size: int, crop: int) -> 
     }
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="demo speech synthesised into shards")
@@ -157,7 +167,7 @@ def main() -> None:
         "what": "5.12 s clips: tar read, decode clean+degraded FLAC, crop, loudness, resample both to 16 kHz",
         "target_clips_per_s_per_core": 150,
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cores_usable": cores,
             "python": platform.python_version(),
             "libsndfile": soundfile.__libsndfile_version__,
