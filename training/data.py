@@ -4,16 +4,17 @@ The loader reads a synthesis run (``index.json`` + ``shards/*.tar``, local or ``
 module :mod:`datasets.shards`; nothing here parses a tar.
 
 **Shares.** The train split's shards come from ``index.json``. Each epoch a permutation drawn from
-``(seed, epoch)`` orders them and assigns each to the rank with the fewest samples so far (largest first), so
-the shares are disjoint and as even as whole shards allow. With fewer shards than ranks each shard is cut into
-strides of its samples (rank A reads positions 0, 2, 4..., rank B 1, 3, 5...), so no rank is left empty.
+``(seed, epoch)`` orders them; the samples of the shards in that order are cut into ``world`` consecutive runs of
+``total // world`` samples (the first ``total % world`` ranks one more), one per rank: the shares are disjoint and
+differ by at most one sample. A shard cut between two ranks is streamed by both (the second skips the first's
+samples), so at most ``world - 1`` shards are read twice per epoch; with fewer shards than ranks a shard feeds
+several ranks.
 
 **Equal batch counts.** :func:`batches_per_epoch` depends on the index and the world size only: ``total train
 samples // (world * batch_size)`` (at least 1), the same on every rank, so DDP and ``ray.train.report`` never
 wait on a rank that ran out. A rank whose share is short wraps around within its own share (a second pass,
-shuffled anew); a rank with more drops its surplus (it comes back in later epochs, which reshuffle). Shares
-differ by at most one shard, so with few shards per rank a noticeable part of an epoch repeats or waits for a
-later epoch: keep several shards per rank (synthesis' ``samples_per_shard: auto`` aims at 64 shards).
+shuffled anew; only when the split holds fewer than ``world * batch_size`` samples); a rank with more drops
+the few samples short of a whole batch (they come back in later epochs, which reshuffle).
 
 **Order and resume.** A rank's epoch is a fixed list of slots ``(pass, shard, position)``: its share streamed in
 order through a simulated shuffle buffer seeded by ``(seed, epoch, world, rank, pass)``. The list is a pure
@@ -229,7 +230,7 @@ def batches_per_epoch(spec: DataSpec | dict, world: int) -> int:
 
 @dataclass(frozen=True)
 class Part:
-    """A whole shard, or one stride of its sample positions when shards are fewer than ranks."""
+    """A shard's consecutive sample positions that belong to one rank (often the whole shard)."""
 
     shard: str
     positions: tuple[int, ...]
@@ -242,22 +243,21 @@ def epoch_shares(spec: DataSpec | dict, world: int, epoch: int) -> list[list[Par
     """The disjoint share of every rank for ``epoch`` (see the module docstring)."""
     spec = as_spec(spec)
     entries = _train_entries(spec)
-    strides = math.ceil(world / len(entries)) if len(entries) < world else 1
-    parts = [
-        Part(e["name"], tuple(range(j, int(e["samples"]), strides)))
-        for e in entries
-        for j in range(strides)
-        if j < int(e["samples"])
-    ]
     rng = np.random.default_rng([spec.seed, int(epoch), stable_hash("shares")])
-    shuffled = [parts[i] for i in rng.permutation(len(parts))]
-    shuffled.sort(key=lambda p: -len(p.positions))  # stable: equal sizes keep the random order
+    order = [entries[i] for i in rng.permutation(len(entries))]
+    total = sum(int(e["samples"]) for e in order)
+    sizes = [total // world + (1 if r < total % world else 0) for r in range(world)]
     shares: list[list[Part]] = [[] for _ in range(world)]
-    loads = [0] * world
-    for part in shuffled:
-        rank = min(range(world), key=lambda r: (loads[r], r))
-        shares[rank].append(part)
-        loads[rank] += len(part.positions)
+    rank, room = 0, sizes[0]
+    for entry in order:
+        position, count = 0, int(entry["samples"])
+        while position < count:
+            while room == 0:
+                rank += 1
+                room = sizes[rank]
+            take = min(room, count - position)
+            shares[rank].append(Part(entry["name"], tuple(range(position, position + take))))
+            position, room = position + take, room - take
     return shares
 
 

@@ -62,26 +62,38 @@ def test_equal_batch_counts_and_disjoint_shares(train_only_shard_set, world, bat
                 assert not keys[i] & keys[j], f"ranks {i} and {j} share samples in epoch {epoch}"
 
 
-def test_uneven_shards_wrap_within_own_share(shard_set):
+def test_uneven_shards_give_even_disjoint_shares(shard_set):
     # 8 train samples in shards of 3, 3, 2; world 3 with batch 2: 1 batch each; world 2 with batch 3: 1 batch
     for world, batch in ((3, 2), (2, 3), (4, 1)):
         spec = spec_for(shard_set, batch_size=batch)
         shares = data.epoch_shares(spec, world, 0)
         own = [{(p.shard, pos) for p in share for pos in p.positions} for share in shares]
         assert sum(len(o) for o in own) == 8 and len(set().union(*own)) == 8
+        assert max(map(len, own)) - min(map(len, own)) <= 1
         for rank in range(world):
             slots, _ = data.epoch_slots(spec, rank, world, 0)
             assert len(slots) == data.batches_per_epoch(spec, world) * batch
             assert {(s, pos) for _, s, pos in slots} <= own[rank]
 
 
-def test_short_share_wraps_with_fresh_order(tmp_path):
-    # one shard of 5 and one of 1 at world 2: rank with the single sample repeats it; counts still equal
+def test_a_big_shard_is_cut_between_ranks(tmp_path):
+    # shards of 5 and 1 at world 2: 3 samples each, disjoint, whichever order the epoch draws
     run = write_shard_set(tmp_path / "run", [("train", 5), ("train", 1)])
     spec = spec_for(run, batch_size=1)
+    for epoch in range(4):
+        per_rank = epoch_keys(spec, 2, epoch)
+        assert [len(set(k)) for k in per_rank] == [3, 3]
+        assert not set(per_rank[0]) & set(per_rank[1])
+
+
+def test_short_share_wraps_within_itself(tmp_path):
+    # 3 samples, world 2, batch 2: one batch each; the rank with one sample repeats it
+    run = write_shard_set(tmp_path / "run", [("train", 2), ("train", 1)])
+    spec = spec_for(run, batch_size=2)
     per_rank = epoch_keys(spec, 2, 0)
-    assert [len(k) for k in per_rank] == [3, 3]
-    assert any(len(set(k)) == 1 for k in per_rank)
+    assert [len(k) for k in per_rank] == [2, 2]
+    assert sorted(len(set(k)) for k in per_rank) == [1, 2]
+    assert not set(per_rank[0]) & set(per_rank[1])
 
 
 def test_reshuffle_per_epoch_and_reproducible(shard_set):
