@@ -16,8 +16,9 @@ wait on a rank that ran out. A rank whose share is short wraps around within its
 shuffled anew; only when the split holds fewer than ``world * batch_size`` samples); a rank with more drops
 the few samples short of a whole batch (they come back in later epochs, which reshuffle).
 
-**Order and resume.** A rank's epoch is a fixed list of slots ``(pass, shard, position)``: its share streamed in
-order through a simulated shuffle buffer seeded by ``(seed, epoch, world, rank, pass)``. The list is a pure
+**Order and resume.** A rank's epoch is a fixed list of slots ``(pass, shard, position)``: its share read
+``interleave`` shards side by side (one sample from each in turn, so a batch does not come from the few
+utterances of one shard) through a simulated shuffle buffer seeded by ``(seed, epoch, world, rank, pass)``. The list is a pure
 function of the index, so ``start_batch=k`` skips the first ``k * batch_size`` slots without decoding them
 (shards holding none of the remaining slots are not even opened) and yields exactly the batches an
 uninterrupted epoch would have yielded from there on.
@@ -102,6 +103,7 @@ class DataSpec:
     num_threads: int = 2
     prefetch_batches: int = 2
     shuffle_buffer: int = 32  # samples held (as raw FLAC bytes) while shuffling within a share
+    interleave: int = 4  # shards of a share read side by side, one sample from each in turn
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "streams", tuple(self.streams))
@@ -116,7 +118,7 @@ class DataSpec:
             raise ConfigError(
                 f"data.crop_samples: {self.crop_samples}, expected a positive multiple of {CROP_ALIGN}"
             )
-        for name in ("batch_size", "num_threads"):
+        for name in ("batch_size", "num_threads", "interleave"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}: {getattr(self, name)}, expected at least 1")
         for name in ("prefetch_batches", "shuffle_buffer", "seed"):
@@ -277,12 +279,30 @@ def _shuffle_buffer(items: list[Slot], size: int, rng: np.random.Generator) -> l
     return out
 
 
-def _stream_order(share: list[Part], passes: int) -> list[tuple[int, Part]]:
-    return [(p, part) for p in range(passes) for part in share]
+def _interleaved(share: list[Part], p: int, width: int) -> list[Slot]:
+    """Pass ``p`` over ``share`` in read order: ``width`` parts at a time, one sample from each in turn (a part
+    that ends is replaced by the next), so neighbouring samples come from different shards: a shard holds the
+    consecutive segments of a few utterances, and the shuffle buffer alone would fill batches with them."""
+    waiting = list(reversed(share))
+    active: list[tuple[Part, Iterator[int]]] = []
+    out: list[Slot] = []
+    while waiting or active:
+        while len(active) < max(1, width) and waiting:
+            part = waiting.pop()
+            active.append((part, iter(part.positions)))
+        still = []
+        for part, positions in active:
+            position = next(positions, None)
+            if position is not None:
+                out.append((p, part.shard, position))
+                still.append((part, positions))
+        active = still
+    return out
 
 
-def epoch_slots(spec: DataSpec | dict, rank: int, world: int, epoch: int) -> tuple[list[Slot], list[Part]]:
-    """Rank ``rank``'s slots for ``epoch`` (``batches_per_epoch * batch_size`` of them) and its share."""
+def epoch_slots(spec: DataSpec | dict, rank: int, world: int, epoch: int) -> tuple[list[Slot], list[Slot]]:
+    """Rank ``rank``'s slots for ``epoch`` (``batches_per_epoch * batch_size`` of them, in training order) and
+    the read order of its shards (the interleaved passes the slots come from)."""
     spec = as_spec(spec)
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside world size {world}")
@@ -296,11 +316,13 @@ def epoch_slots(spec: DataSpec | dict, rank: int, world: int, epoch: int) -> tup
     needed = batches_per_epoch(spec, world) * spec.batch_size
     size = sum(len(p.positions) for p in share)
     slots: list[Slot] = []
+    schedule: list[Slot] = []
     for p in range(math.ceil(needed / size)):
-        items = [(p, part.shard, pos) for part in share for pos in part.positions]
+        order = _interleaved(share, p, spec.interleave)
         rng = np.random.default_rng([spec.seed, int(epoch), int(world), int(rank), p, stable_hash("shuffle")])
-        slots += _shuffle_buffer(items, spec.shuffle_buffer, rng)
-    return slots[:needed], share
+        slots += _shuffle_buffer(order, spec.shuffle_buffer, rng)
+        schedule += order
+    return slots[:needed], schedule
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -313,47 +335,72 @@ class _Item:
     error: str | None
 
 
-def _read_parts(run_dir: str, order: Iterable[tuple[int, Part]], needed: set[Slot]) -> Iterator[_Item]:
-    """Stream the needed slots of each (pass, part) in archive order; a shard that cannot be read (missing,
-    truncated, malformed) yields its remaining needed slots as errors. An I/O error (an object store connection
-    that drops mid-shard) reads the shard again, twice at most, without repeating what was delivered."""
-    for p, part in order:
-        wanted = sorted(pos for pos in part.positions if (p, part.shard, pos) in needed)
-        if not wanted:
-            continue
-        path = shard_format.shard_path(run_dir, part.shard)
-        todo = set(wanted)
-        error: str | None = None
-        for attempt in range(3):
-            try:
-                for position, raw in enumerate(shard_format.iter_raw_samples(path)):
-                    if position in todo:
-                        todo.discard(position)
-                        yield _Item((p, part.shard, position), raw, None)
-                    if not todo:
-                        break
-                error = None if not todo else f"{path}: holds fewer samples than index.json says"
-                break
-            except shard_format.ShardFormatError as e:
-                error = str(e)
-                break
-            except OSError as e:
-                error = f"{path}: cannot read: {e}"
-                if isinstance(e, FileNotFoundError) or not is_uri(path) or attempt == 2:
-                    break  # a missing object or a local file that cannot be read will not appear by waiting
-                log.warning("%s; reading it again", error)
-                time.sleep(0.5 * 2**attempt)
-        if todo:
-            log.warning("%s: %d sample(s) of this shard skipped", error, len(todo))
-            for position in sorted(todo):
-                yield _Item((p, part.shard, position), None, error)
+def _read_part(run_dir: str, p: int, shard: str, wanted: list[int]) -> Iterator[_Item]:
+    """The items at positions ``wanted`` (ascending) of one shard, in archive order; when the shard cannot be read
+    (missing, truncated, malformed) its remaining positions come as errors. An I/O error (an object store
+    connection that drops mid-shard) reads the shard again, twice at most, without repeating what was delivered."""
+    path = shard_format.shard_path(run_dir, shard)
+    todo = set(wanted)
+    error: str | None = None
+    for attempt in range(3):
+        try:
+            for position, raw in enumerate(shard_format.iter_raw_samples(path)):
+                if position in todo:
+                    todo.discard(position)
+                    yield _Item((p, shard, position), raw, None)
+                if not todo:
+                    break
+            error = None if not todo else f"{path}: holds fewer samples than index.json says"
+            break
+        except shard_format.ShardFormatError as e:
+            error = str(e)
+            break
+        except OSError as e:
+            error = f"{path}: cannot read: {e}"
+            if isinstance(e, FileNotFoundError) or not is_uri(path) or attempt == 2:
+                break  # a missing object or a local file that cannot be read will not appear by waiting
+            log.warning("%s; reading it again", error)
+            time.sleep(0.5 * 2**attempt)
+    if todo:
+        log.warning("%s: %d sample(s) of this shard skipped", error, len(todo))
+        for position in sorted(todo):
+            yield _Item((p, shard, position), None, error)
+
+
+def _in_read_order(run_dir: str, schedule: list[Slot], needed: set[Slot]) -> Iterator[_Item]:
+    """The needed items of ``schedule`` in its order, each shard read by its own stream (a few are open at
+    once when the schedule interleaves them); shards holding no needed item are not opened."""
+    wanted: dict[tuple[int, str], list[int]] = {}
+    for slot in schedule:
+        if slot in needed:
+            wanted.setdefault((slot[0], slot[1]), []).append(slot[2])
+    left = {key: len(positions) for key, positions in wanted.items()}
+    readers: dict[tuple[int, str], Iterator[_Item]] = {}
+    try:
+        for slot in schedule:
+            if slot not in needed:
+                continue
+            key = (slot[0], slot[1])
+            if key not in readers:
+                readers[key] = _read_part(run_dir, slot[0], slot[1], sorted(wanted[key]))
+            item = next(readers[key])
+            if item.slot != slot:
+                raise AssertionError(f"read {item.slot}, expected {slot}")
+            left[key] -= 1
+            if not left[key]:
+                readers.pop(key).close()  # closes the shard's stream now, not at garbage collection
+            yield item
+    finally:
+        for reader in readers.values():
+            reader.close()
 
 
 def _in_slot_order(
-    run_dir: str, slots: list[Slot], order: list[tuple[int, Part]], stop: threading.Event
+    run_dir: str, slots: list[Slot], schedule: list[Slot], stop: threading.Event
 ) -> Iterator[_Item]:
     """The items of ``slots`` in slot order; read-ahead items wait in a dict (bounded by the shuffle buffer)."""
-    source = _read_parts(run_dir, order, set(slots))
+    needed = set(slots)
+    source = _in_read_order(run_dir, schedule, needed)
     pending: dict[Slot, _Item] = {}
     for slot in slots:
         while slot not in pending:
@@ -575,7 +622,7 @@ def _first_good_sample(spec: DataSpec, entries: list[dict], epoch: int | None) -
 def _batches(
     spec: DataSpec,
     slots: list[Slot],
-    order: list[tuple[int, Part]],
+    schedule: list[Slot],
     epoch: int | None,
     stats: dict | None,
     filler_entries: list[dict],
@@ -586,7 +633,7 @@ def _batches(
     stats.setdefault("skipped", 0)
     stats.setdefault("samples", 0)
     stop = threading.Event()
-    items = _in_slot_order(str(spec.shards), slots, order, stop)
+    items = _in_slot_order(str(spec.shards), slots, schedule, stop)
     window = (spec.prefetch_batches + 1) * spec.batch_size
     results = threaded_map(items, lambda it: _prepare_item(it, spec, epoch), spec.num_threads, window)
     filler: Prepared | None = None
@@ -638,11 +685,10 @@ def train_batches(
         raise ValueError(
             f"start_batch {start_batch} outside 0..{n} (batches per epoch at world size {world})"
         )
-    slots, share = epoch_slots(spec, rank, world, epoch)
+    slots, schedule = epoch_slots(spec, rank, world, epoch)
     slots = slots[start_batch * spec.batch_size :]
-    passes = max((s[0] for s in slots), default=0) + 1
     sizes = [spec.batch_size] * (n - start_batch)
-    yield from _batches(spec, slots, _stream_order(share, passes), epoch, stats, _train_entries(spec), sizes)
+    yield from _batches(spec, slots, schedule, epoch, stats, _train_entries(spec), sizes)
 
 
 def eval_entries(spec: DataSpec) -> tuple[list[dict], str]:
@@ -690,10 +736,6 @@ def eval_batches(
             shown,
             ", ..." if len(slots) > 8 else "",
         )
-    mine: dict[str, set[int]] = {}
-    for _, shard, pos in slots:
-        mine.setdefault(shard, set()).add(pos)
-    share = [Part(e["name"], tuple(sorted(mine[e["name"]]))) for e in entries if e["name"] in mine]
-    passes = max((s[0] for s in slots), default=0) + 1
     sizes = [min(spec.batch_size, len(slots) - i) for i in range(0, len(slots), spec.batch_size)]
-    yield from _batches(spec, slots, _stream_order(share, passes), None, stats, entries, sizes)
+    # the slots are in index order within each copy: they are their own read order
+    yield from _batches(spec, slots, slots, None, stats, entries, sizes)

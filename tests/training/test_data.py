@@ -409,3 +409,13 @@ def test_closing_mid_epoch_stops_the_loader_threads(shard_set):
     while any(t.name.startswith("hires-data") and t.name not in before for t in threading.enumerate()):
         assert time.monotonic() < deadline, "loader threads still running after close"
         time.sleep(0.05)
+
+
+def test_shards_are_read_side_by_side(shard_set):
+    shard_of = {f"utt{n:03d}_0000": n // 3 for n in range(8)}  # the fixture's 3, 3, 2 train samples
+    spec = spec_for(shard_set, shuffle_buffer=1, interleave=3)
+    keys = epoch_keys(spec, 1, 0)[0]
+    assert sorted(keys) == sorted(shard_of)
+    assert len({shard_of[k] for k in keys[:3]}) == 3 and len({shard_of[k] for k in keys[3:6]}) == 3
+    sequential = epoch_keys(spec_for(shard_set, shuffle_buffer=1, interleave=1), 1, 0)[0]
+    assert len({shard_of[k] for k in sequential[:3]}) == 1
