@@ -355,6 +355,19 @@ def _model_stage(meta_bytes: bytes, where: str) -> str:
     return str(meta["stage"])
 
 
+def _download_into(uri: str, tracking_uri: str | None, target: str) -> None:
+    """Download ``models:/...`` into ``target`` (local or URI); model.json last, so a complete copy has one."""
+    with tempfile.TemporaryDirectory(prefix="hires-model-") as tmp:
+        local = tracking.download_model(uri, tracking_uri, dst=tmp)
+        storage.remove(target)
+        storage.makedirs(target)
+        files = sorted(
+            (f for f in Path(local).iterdir() if f.is_file()), key=lambda f: f.name == "model.json"
+        )
+        for f in files:
+            storage.write_bytes(storage.join(target, f.name), f.read_bytes())
+
+
 def resolve_models(p: Prepared) -> dict[str, str | None]:
     """MODEL arguments -> directories the workers can read; roles checked against the stage (``--init``: the
     trained stage; ``--recovery``: a recovery model, ...). ``models:/`` URIs are downloaded into
@@ -371,14 +384,13 @@ def resolve_models(p: Prepared) -> dict[str, str | None]:
             raise UsageError(f"--{role}: stage {p.request.stage} does not use a {role} model")
         if tracking.is_model_uri(value):
             target = storage.join(p.run_dir, "inputs", role)
-            with tempfile.TemporaryDirectory(prefix="hires-model-") as tmp:
-                local = tracking.download_model(value, p.tracking_uri, dst=tmp)
-                storage.remove(target)
-                storage.makedirs(target)
-                for f in sorted(Path(local).iterdir()):
-                    if f.is_file():
-                        storage.write_bytes(storage.join(target, f.name), f.read_bytes())
-            path = target
+            if storage.exists(storage.join(target, "model.json")):
+                # downloaded by an earlier attempt of this run: a resumed run keeps the model it started with,
+                # even when the alias it named has moved since
+                path = target
+            else:
+                _download_into(value, p.tracking_uri, target)
+                path = target
         else:
             path = value if is_uri(value) else str(Path(value).expanduser().resolve())
         meta = storage.join(path, "model.json")

@@ -309,9 +309,15 @@ def test_model_uris_are_downloaded_where_workers_read_them(shards, tmp_path):
     assert models["init"] == str(out / "recovery-tiny" / "inputs" / "init")
     assert (out / "recovery-tiny" / "inputs" / "init" / "weights.safetensors").read_bytes() == b"w"
     assert models["recovery"] is None and models["autoencoder"] is None
-    req.models = {"init": "models:/hires-recovery/99"}
+    # a resumed run keeps what it downloaded first (an alias may have moved since)
+    (out / "recovery-tiny" / "inputs" / "init" / "weights.safetensors").write_bytes(b"kept")
+    assert launcher.resolve_models(launcher.prepare(req))["init"] == models["init"]
+    assert (out / "recovery-tiny" / "inputs" / "init" / "weights.safetensors").read_bytes() == b"kept"
+    missing = request(
+        str(shards), str(out), 2, run_name="other", models={"init": "models:/hires-recovery/99"}
+    )
     with pytest.raises(DataError, match="models:/hires-recovery/99"):
-        launcher.resolve_models(launcher.prepare(req))
+        launcher.resolve_models(launcher.prepare(missing))
 
 
 @pytest.mark.slow
