@@ -29,7 +29,6 @@ started, and stopped at the end.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -682,7 +681,3 @@ def _fit(p: Prepared, config: dict, cpw: float, datasets: dict | None, train_fun
         datasets=datasets,
     )
     return trainer.fit()
-
-
-def summary_dict(summary: TrainSummary) -> dict:
-    return dataclasses.asdict(summary)

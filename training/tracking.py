@@ -62,11 +62,6 @@ def is_model_uri(text: str) -> bool:
     return str(text).startswith("models:/")
 
 
-def is_database_uri(uri: str) -> bool:
-    """An embedded store (sqlite or another SQLAlchemy URL), as opposed to an ``http(s)://`` tracking server."""
-    return not uri.startswith(("http://", "https://", "databricks"))
-
-
 def default_tracking_uri(out: str) -> str:
     """``sqlite:///<abs OUT>/mlflow.db`` for a local ``out``; a UsageError for a URI (see the module docstring)."""
     if is_uri(out):
@@ -188,10 +183,6 @@ def _set_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run FINISHED (or FAILED / KILLED)."""
     _client(tracking_uri).set_terminated(run_id, status=status)
-
-
-def get_run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
-    return dict(_client(tracking_uri).get_run(run_id).data.tags)
 
 
 def _world_rank() -> int:
@@ -326,13 +317,6 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix[:-1]] = obj
     return out
-
-
-def registered_versions(tracking_uri: str, stage: str, run_id: str) -> list[str]:
-    """Versions of ``hires-<stage>`` registered from ``run_id`` (oldest first)."""
-    client = _client(tracking_uri)
-    found = client.search_model_versions(f"name = '{model_name(stage)}' and run_id = '{run_id}'")
-    return sorted((mv.version for mv in found), key=int)
 
 
 def log_and_register_model(
