@@ -565,6 +565,14 @@ def run_training(
             )
             summary.run_id = run_id
             mlflow_cfg = {"tracking_uri": p.tracking_uri, "run_id": run_id}
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) > 1 and not is_uri(p.out):
+            log.warning(
+                "--out %s is a local path on a cluster of %d nodes: every node must see it at that path "
+                "(NFS), else use s3://",
+                p.out,
+                len(nodes),
+            )
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
         cpw = cpus_per_worker(req, cluster_cpus, p.stage_config.train.num_threads)
         summary.cpus_per_worker = cpw
