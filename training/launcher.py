@@ -409,6 +409,39 @@ def resolve_models(p: Prepared) -> dict[str, str | None]:
     return resolved
 
 
+def check_frozen_models(p: Prepared, models: dict[str, str | None]) -> None:
+    """The ldm's cross-stage checks (latent layout, mel settings) on the driver, from the models' ``model.json``
+    alone (no weights), so a mismatch is a one-line error before any worker starts."""
+    if p.request.stage != "ldm":
+        return
+    from types import SimpleNamespace
+
+    from training.model_dir import stage_config_of
+    from training.stages.ldm import check_compatible
+
+    described = {}
+    for role in ("recovery", "autoencoder", "vocoder"):
+        path = models.get(role)
+        if not path:
+            described[role] = None
+            continue
+        where = storage.join(path, "model.json")
+        try:
+            meta = json.loads(storage.read_bytes(where))
+        except ValueError as e:
+            raise DataError(f"{where}: not valid JSON ({e})") from None
+        described[role] = SimpleNamespace(
+            stage=meta.get("stage"), config=stage_config_of(meta.get("config"), where), source=path
+        )
+    check_compatible(
+        p.stage_config,
+        described["recovery"],
+        described["autoencoder"],
+        described["vocoder"],
+        ldm_name=f"ldm config {p.request.config}",
+    )
+
+
 # ----- Ray --------------------------------------------------------------------------------------------------------
 def _default_connect(address: str | None) -> bool:
     """Join ``address`` or start a fresh local Ray; True when this call started it."""
@@ -550,6 +583,7 @@ def run_training(
         return summary
 
     models = resolve_models(p)  # before Ray: a wrong or missing model fails in seconds
+    check_frozen_models(p, models)
     before = latest_checkpoint(p.run_dir)
     summary.resumed_from = int(before["step"]) if before and "step" in before else None
 

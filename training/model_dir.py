@@ -140,7 +140,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _stage_config(data: Any, source: str) -> StageConfig:
+def stage_config_of(data: Any, source: str) -> StageConfig:
     """The stage config of a model; a ``train`` section written by another code version (fields added or
     renamed since) does not stop inference, which never reads it: the defaults stand in for it."""
     try:
@@ -163,7 +163,7 @@ def load_model(model: str | Path, tracking_uri: str | None = None) -> LoadedMode
     local, tmp = _local_dir(str(model), tracking_uri)
     try:
         meta = read_meta(local)
-        cfg = _stage_config(meta.get("config"), f"{model}/{META}: config")
+        cfg = stage_config_of(meta.get("config"), f"{model}/{META}: config")
         if meta.get("stage") != cfg.stage:
             raise DataError(f"{model}/{META}: stage {meta.get('stage')!r} != config stage {cfg.stage!r}")
         weights_path = local / WEIGHTS

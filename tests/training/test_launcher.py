@@ -157,6 +157,27 @@ def test_models_are_checked_against_their_role(shards, tmp_path):
         launcher.resolve_models(launcher.prepare(req))
 
 
+def _config_only_model(root: Path, stage: str, overrides: dict | None = None) -> str:
+    """A model directory whose model.json describes a tiny network (the driver-side checks read no weights)."""
+    from training.config import load_stage_config
+
+    cfg = load_stage_config(stage, "tiny", overrides)
+    root.mkdir(parents=True)
+    doc = {"stage": stage, "config": cfg.model_dump(mode="json")}
+    (root / "model.json").write_text(json.dumps(doc))
+    return str(root)
+
+
+def test_ldm_with_a_mismatched_autoencoder_fails_before_any_worker_starts(shards, tmp_path):
+    models = {
+        "recovery": _config_only_model(tmp_path / "rec", "recovery"),
+        "autoencoder": _config_only_model(tmp_path / "vae", "autoencoder", {"model.z_channels": 8}),
+    }
+    req = request(str(shards), str(tmp_path / "out"), 2, stage="ldm", tracking_uri="none", models=models)
+    with pytest.raises(IncompatibleError, match=r"vae has 8 latent channels.*ldm config tiny"):
+        launcher.run_training(req, connect=_no_ray)
+
+
 @pytest.mark.slow
 def test_train_two_workers_tracked_in_mlflow_server(shards, tmp_path, mlflow_server):  # noqa: F811
     from mlflow import MlflowClient
