@@ -346,7 +346,12 @@ def test_s3_out_trains_resumes_and_finishes(shards, tmp_path, s3_server):  # noq
     # OUT on S3 (a local moto server): checkpoints, the model directory and the run's state live in the bucket;
     # the tracking store is a local sqlite file (an s3:// OUT needs an explicit --tracking-uri)
     import fsspec
+    import ray
 
+    # Ray processes keep the environment they started with: a Ray shared with earlier tests would send the
+    # workers to another test's S3 endpoint, so this run starts its own (the launcher stops it at the end)
+    if ray.is_initialized():
+        ray.shutdown()
     out = f"s3://{BUCKET}/train"
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = launcher.run_training(request(str(shards), out, 2, tracking_uri=tracking_uri))
