@@ -115,12 +115,12 @@ def check_existing(out: str, identity: dict, force: bool) -> None:
             storage.remove(storage.join(out, part))
 
 
-def _lease(out: str):
+def _lease(out: str, stale_after_s: float | None = None):
     """The run's lease on ``out``: one synthesis job writes a directory at a time; a second one fails at once
-    naming the owner (:mod:`datasets.lease`)."""
-    from datasets.lease import hold_lease
+    naming the owner, and a lease without a heartbeat for ``stale_after_s`` is taken over (:mod:`datasets.lease`)."""
+    from datasets.lease import DEFAULT_STALE_AFTER_S, hold_lease
 
-    return hold_lease(out, what="synth")
+    return hold_lease(out, stale_after_s=stale_after_s or DEFAULT_STALE_AFTER_S, what="synth")
 
 
 def _plan(
@@ -154,7 +154,14 @@ def _plan(
 
 
 def plan_synth(
-    clean: str, noise: str, rir: str, out: str, cfg: SynthConfig, seed: int = 0, force: bool = False
+    clean: str,
+    noise: str,
+    rir: str,
+    out: str,
+    cfg: SynthConfig,
+    seed: int = 0,
+    force: bool = False,
+    lease_stale_after_s: float | None = None,
 ) -> PlanResult:
     """Write only ``out/plan.parquet`` and return its summary (``hires synth plan``)."""
     from degradations import check_backends
@@ -167,7 +174,7 @@ def plan_synth(
         "rir": _normalize_input(rir),
     }
     identity = run_identity(cfg, seed, manifests)
-    with _lease(out):
+    with _lease(out, lease_stale_after_s):
         check_existing(out, identity, force)
         plan, _ = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
     summary = plan_summary(plan.table, cfg.segment.seconds)
@@ -187,6 +194,7 @@ def run_synth(
     force: bool = False,
     progress: bool = True,
     on_shard: Callable[[dict], None] | None = None,
+    lease_stale_after_s: float | None = None,
 ) -> SynthSummary:
     """Plan and render a synthesis run into ``out`` (local path or URI); see the module docstring."""
     import ray
@@ -208,7 +216,7 @@ def run_synth(
         address, num_cpus, quiet=not progress
     )  # before writing: a bad address fails fast
     try:
-        with _lease(out):
+        with _lease(out, lease_stale_after_s):
             check_existing(out, identity, force)  # again: the directory is ours only from here
             plan, data = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
             return _render(
@@ -235,6 +243,7 @@ def render_synth(
     num_cpus: int | None = None,
     progress: bool = True,
     on_shard: Callable[[dict], None] | None = None,
+    lease_stale_after_s: float | None = None,
 ) -> SynthSummary:
     """Render the plan in ``out`` (``hires synth render``): manifests, config and seed come from the plan.
 
@@ -271,7 +280,7 @@ def render_synth(
     resolved.shards.samples_per_shard = int(recipe["samples_per_shard"])
     started, cpus = init_ray(address, num_cpus, quiet=not progress)
     try:
-        with _lease(out):
+        with _lease(out, lease_stale_after_s):
             data = storage.read_bytes(plan_path)
             if read_plan_metadata(plan_path)[0] != stored:
                 raise IncompatibleError(f"{plan_path}: replaced by another plan while this render started")

@@ -16,7 +16,7 @@ import yaml
 from datasets.config import dump_config
 from datasets.errors import UsageError
 from datasets.synth_config import DEFAULT_CONFIG
-from pipelines.commands import add_config_args, non_negative_int, positive_int
+from pipelines.commands import add_config_args, non_negative_int, positive_float, positive_int
 
 INPUT_FLAGS = ("clean", "noise", "rir", "out")
 
@@ -62,7 +62,17 @@ def _add_recipe_args(p: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
+def _add_lease_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lease-stale-after",
+        type=positive_float,
+        metavar="SECONDS",
+        help="take over the output's lease when its holder has not renewed it for this long (default 300)",
+    )
+
+
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    _add_lease_arg(p)
     p.add_argument(
         "--address", help="Ray cluster to join ('auto' for the running one); default: start a local Ray"
     )
@@ -98,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "how many samples draw each operator and the codec mix. Render it with `hires synth render DIR`.",
     )
     _add_recipe_args(plan, required=True)
+    _add_lease_arg(plan)
     plan.set_defaults(func=run_plan)
 
     render = phases.add_parser(
@@ -147,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         force=args.force,
         progress=not args.quiet,
+        lease_stale_after_s=args.lease_stale_after,
     )
     _print_lines(summary.lines(), args.quiet)
     return 0
@@ -160,7 +172,16 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    result = plan_synth(args.clean, args.noise, args.rir, args.out, cfg, seed=args.seed, force=args.force)
+    result = plan_synth(
+        args.clean,
+        args.noise,
+        args.rir,
+        args.out,
+        cfg,
+        seed=args.seed,
+        force=args.force,
+        lease_stale_after_s=args.lease_stale_after,
+    )
     print(f"wrote {result.plan_path} ({result.summary['samples_per_shard']} samples per shard)")
     for line in format_plan_summary(result.summary):
         print(line)
@@ -171,6 +192,12 @@ def run_plan(args: argparse.Namespace) -> int:
 def run_render(args: argparse.Namespace) -> int:
     from pipelines.synth_run import render_synth
 
-    summary = render_synth(args.dir, address=args.address, num_cpus=args.num_cpus, progress=not args.quiet)
+    summary = render_synth(
+        args.dir,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        progress=not args.quiet,
+        lease_stale_after_s=args.lease_stale_after,
+    )
     _print_lines(summary.lines(), args.quiet)
     return 0

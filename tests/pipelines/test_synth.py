@@ -442,3 +442,24 @@ def test_a_second_run_on_the_same_directory_fails_at_once_naming_the_owner(demo_
         assert err.count("\n") == 1 and "hires synth" in err
     assert not (out / "plan.parquet").exists()
     assert main(["synth", "plan", *argv]) == 0  # released: the directory is free again
+
+
+def test_lease_stale_after_takes_over_a_silent_holder(demo_inputs, tmp_path, capsys):
+    import json
+    import time
+
+    from pipelines.cli import main
+
+    out = tmp_path / "abandoned"
+    out.mkdir()
+    # a holder on another host whose last heartbeat is 60 s old: fresh for the default 300 s, stale for 30 s
+    now = time.time()
+    holder = {"owner": "bob", "host": "node-7", "pid": 99, "started": now - 600, "heartbeat": now - 60}
+    (out / ".lease.json").write_text(
+        json.dumps({**holder, "what": "synth", "token": "t", "stale_after_s": 300})
+    )
+    argv = synth_argv(demo_inputs, str(out))[5:]
+    assert main(["synth", "plan", *argv]) == 2
+    assert "bob" in capsys.readouterr().err
+    assert main(["synth", "plan", *argv, "--lease-stale-after", "30"]) == 0
+    assert (out / "plan.parquet").exists()
