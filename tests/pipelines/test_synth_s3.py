@@ -4,59 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
-import pytest
-from synth_helpers import REPO, VENV_BIN, free_port, stop_process_group, subprocess_env, synth_argv
+from s3_server import BUCKET, s3_server  # noqa: F401 - fixture
+from synth_helpers import REPO, subprocess_env, synth_argv
 
 from datasets.manifest import read_manifest, write_manifest
 from datasets.shards import find_raw_sample, iter_samples, shard_path
 from pipelines.shards import verify_shards
-
-BUCKET = "hires-test"
-
-
-@pytest.fixture
-def s3_server(monkeypatch):
-    """``moto_server`` on 127.0.0.1 with test credentials in the environment; stopped afterwards."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
-        env = {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-        }
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        import fsspec
-
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(BUCKET)
-        yield endpoint, env
-    finally:
-        import fsspec
-
-        fsspec.config.conf.pop("s3", None)
-        fsspec.AbstractFileSystem.clear_instance_cache()
-        stop_process_group(proc)
 
 
 def _upload_manifest(fs, manifest: str, kind: str, tmp: Path) -> str:
@@ -76,7 +31,7 @@ def _upload_manifest(fs, manifest: str, kind: str, tmp: Path) -> str:
     return uri
 
 
-def test_s3_inputs_and_output_match_the_local_run(s3_server, demo_inputs, reference_run, tmp_path):
+def test_s3_inputs_and_output_match_the_local_run(s3_server, demo_inputs, reference_run, tmp_path):  # noqa: F811
     import fsspec
 
     endpoint, env = s3_server
@@ -113,7 +68,7 @@ def test_s3_inputs_and_output_match_the_local_run(s3_server, demo_inputs, refere
     assert f"0 rendered, {len(names)} kept" in again.stderr.decode()
 
 
-def test_ray_data_reads_the_shards_back_from_s3(s3_server, reference_run, ray_session):
+def test_ray_data_reads_the_shards_back_from_s3(s3_server, reference_run, ray_session):  # noqa: F811
     """Shards uploaded by the synthesis layout are readable by ``ray.data.read_webdataset`` from S3."""
     import fsspec
     import pyarrow.fs as pafs
