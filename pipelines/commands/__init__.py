@@ -1,13 +1,16 @@
 """Sub-command groups of the ``hires`` CLI; each module has ``register(subparsers)``.
 
 Flags are checked where argparse reads them (:func:`positive_int`, :func:`positive_float`,
-:func:`non_negative_int`), so a bad value is a usage message naming the flag, never an error deep inside a job.
+:func:`non_negative_int`, :func:`config_override`), so a bad value is a usage message naming the flag, never an
+error deep inside a job.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import yaml
 
 
 def add_config_args(parser: argparse.ArgumentParser, default: Path) -> None:
@@ -44,3 +47,11 @@ def positive_float(text: str) -> float:
     if value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be finite, got {text}")
     return value
+
+
+def config_override(text: str) -> tuple[str, object]:
+    """argparse ``type=`` of ``--set KEY=VALUE``: ``(dotted key, value parsed as YAML)``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE (dotted key), got {text!r}")
+    return key.strip(), yaml.safe_load(value)

@@ -11,21 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
 from datasets.config import dump_config
 from datasets.errors import UsageError
 from datasets.synth_config import DEFAULT_CONFIG
-from pipelines.commands import add_config_args, non_negative_int, positive_float, positive_int
+from pipelines.commands import (
+    add_config_args,
+    config_override,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 INPUT_FLAGS = ("clean", "noise", "rir", "out")
-
-
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE (dotted key), got {text!r}")
-    return key.strip(), yaml.safe_load(value)
 
 
 def _add_recipe_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -50,7 +47,7 @@ def _add_recipe_args(p: argparse.ArgumentParser, required: bool) -> None:
         "--set",
         dest="overrides",
         action="append",
-        type=_override,
+        type=config_override,
         default=[],
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set segment.tail=drop (repeatable)",

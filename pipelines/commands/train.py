@@ -11,18 +11,9 @@ import argparse
 import shlex
 import sys
 
-import yaml
-
-from pipelines.commands import non_negative_int, positive_float, positive_int
+from pipelines.commands import config_override, non_negative_int, positive_float, positive_int
 
 STAGES = ("recovery", "autoencoder", "vocoder", "ldm")
-
-
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE (dotted key), got {text!r}")
-    return key.strip(), yaml.safe_load(value)
 
 
 def _workers(text: str):
@@ -82,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set",
         dest="overrides",
         action="append",
-        type=_override,
+        type=config_override,
         default=[],
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set train.checkpoint_every=100 (repeatable)",
