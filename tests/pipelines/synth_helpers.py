@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
+# the child-process helpers the pipeline tests import from here
+from ray_helpers import REPO as REPO
+from ray_helpers import VENV_BIN
+from ray_helpers import free_port as free_port
+from ray_helpers import subprocess_env as subprocess_env
+from ray_helpers import wait_for as wait_for
+
 # tiny but with many shards per run (~20 samples of 5.12 s in shards of 2): a kill lands mid-job
 SAMPLES_PER_SHARD = 2
 SEED = 7
@@ -54,47 +54,6 @@ def assert_same_run(a: Path | str, b: Path | str) -> None:
     assert sorted(ta) == sorted(tb)
     differing = [k for k in ta if ta[k] != tb[k]]
     assert not differing, f"files differ between {a} and {b}: {differing}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for child processes: the venv first on PATH, the repo importable."""
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(REPO)
-    env.pop("RAY_ADDRESS", None)
-    env.update(extra)
-    return env
-
-
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM the process group this test started, SIGKILL it if it lingers."""
-    import signal
-
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-
-
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def copy_run(src: Path, dst: Path) -> Path:

@@ -3,16 +3,16 @@ generated shard set, as CLI arguments or as a :class:`training.launcher.TrainReq
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
+# the child-process helpers the training tests import from here
+from ray_helpers import REPO as REPO
+from ray_helpers import VENV_BIN
+from ray_helpers import subprocess_env as subprocess_env
+from ray_helpers import wait_for as wait_for
 
 # recovery tiny is the cheapest stage; 0.1 s crops keep a step near 0.1 s on one core
 FAST = {
@@ -68,24 +68,6 @@ def request(shards: str, out: str, steps: int, **kw):
         steps=steps,
         **kw,
     )
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(REPO)
-    env.pop("RAY_ADDRESS", None)
-    env.update(extra)
-    return env
-
-
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
