@@ -18,11 +18,12 @@ identity is refused unless ``force``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,25 @@ def _lease(out: str, stale_after_s: float | None = None):
     return hold_lease(out, stale_after_s=stale_after_s or DEFAULT_STALE_AFTER_S, what="synth")
 
 
+@contextlib.contextmanager
+def _rendering(
+    out: str, address: str | None, num_cpus: int | None, progress: bool, lease_stale_after_s: float | None
+) -> Iterator[float]:
+    """Ray joined (or started) and the run's lease on ``out`` held; yields the CPUs to use. Ray is started before
+    anything is written (a bad address fails fast) and shut down afterwards if it was started here."""
+    import ray
+
+    from pipelines.ray_setup import init_ray
+
+    started, cpus = init_ray(address, num_cpus, quiet=not progress)
+    try:
+        with _lease(out, lease_stale_after_s):
+            yield cpus
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _plan(
     clean: str, noise: str, rir: str, out: str, cfg: SynthConfig, seed: int, identity: dict
 ) -> tuple[Plan, bytes]:
@@ -197,10 +217,7 @@ def run_synth(
     lease_stale_after_s: float | None = None,
 ) -> SynthSummary:
     """Plan and render a synthesis run into ``out`` (local path or URI); see the module docstring."""
-    import ray
-
     from degradations import check_backends
-    from pipelines.ray_setup import init_ray
 
     check_backends(cfg.chain)  # fail before planning if this host cannot render what the chain may draw
     out = _normalize_out(out)
@@ -212,29 +229,12 @@ def run_synth(
     identity = run_identity(cfg, seed, manifests)
     if not force:
         check_existing(out, identity, force)  # a mismatch fails before Ray starts (it only reads)
-    started, cpus = init_ray(
-        address, num_cpus, quiet=not progress
-    )  # before writing: a bad address fails fast
-    try:
-        with _lease(out, lease_stale_after_s):
-            check_existing(out, identity, force)  # again: the directory is ours only from here
-            plan, data = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
-            return _render(
-                out,
-                plan.table,
-                data,
-                plan.cfg,
-                seed,
-                identity,
-                plan.stats,
-                manifests,
-                cpus,
-                progress,
-                on_shard,
-            )
-    finally:
-        if started:
-            ray.shutdown()
+    with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as cpus:
+        check_existing(out, identity, force)  # again: the directory is ours only from here
+        plan, data = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
+        return _render(
+            out, plan.table, data, plan.cfg, seed, identity, plan.stats, manifests, cpus, progress, on_shard
+        )
 
 
 def render_synth(
@@ -250,10 +250,7 @@ def render_synth(
     Refused when the manifests' content or the code changed since planning (the plan would no longer be what
     they give): plan again, then render.
     """
-    import ray
-
     from degradations import check_backends
-    from pipelines.ray_setup import init_ray
 
     out = _normalize_out(out)
     plan_path = storage.join(out, PLAN_FILE)
@@ -278,30 +275,14 @@ def render_synth(
         )
     resolved = cfg.model_copy(deep=True)
     resolved.shards.samples_per_shard = int(recipe["samples_per_shard"])
-    started, cpus = init_ray(address, num_cpus, quiet=not progress)
-    try:
-        with _lease(out, lease_stale_after_s):
-            data = storage.read_bytes(plan_path)
-            if read_plan_metadata(plan_path)[0] != stored:
-                raise IncompatibleError(f"{plan_path}: replaced by another plan while this render started")
-            table = pq.read_table(pa.BufferReader(data), columns=["shard", "split", "key"], use_threads=False)
-            stats = PlanStats(**recipe["stats"])
-            return _render(
-                out,
-                table,
-                data,
-                resolved,
-                int(recipe["seed"]),
-                identity,
-                stats,
-                manifests,
-                cpus,
-                progress,
-                on_shard,
-            )
-    finally:
-        if started:
-            ray.shutdown()
+    with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as cpus:
+        data = storage.read_bytes(plan_path)
+        if read_plan_metadata(plan_path)[0] != stored:
+            raise IncompatibleError(f"{plan_path}: replaced by another plan while this render started")
+        table = pq.read_table(pa.BufferReader(data), columns=["shard", "split", "key"], use_threads=False)
+        stats = PlanStats(**recipe["stats"])
+        seed = int(recipe["seed"])
+        return _render(out, table, data, resolved, seed, identity, stats, manifests, cpus, progress, on_shard)
 
 
 def _render(
