@@ -37,7 +37,15 @@ from training.losses import (
     mel_l1,
 )
 from training.models import registry
-from training.stages.base import EvalResult, Example, Optimizers, Stage, frozen_params, unwrap
+from training.stages.base import (
+    EvalResult,
+    Example,
+    Optimizers,
+    Stage,
+    add_clean_input_examples,
+    frozen_params,
+    unwrap,
+)
 
 # AudioLDM (haoheliu/AudioLDM-training-finetuning, audioldm_train/losses/contperceptual.py and
 # config/2023_11_13_vae_autoencoder/16k_64.yaml): pixelloss_weight 1, disc_weight 0.5 with the adaptive weight;
@@ -149,20 +157,9 @@ class AutoencoderStage(Stage):
                 totals["mel_l1"] += float(mel_l1(recon, mel, per_example=True).sum())
                 totals["kl"] += float(self._kl_per_element(posterior).sum())
                 count += clean.shape[0]
-                for i in range(clean.shape[0]):
-                    if len(examples) >= max_examples:
-                        break
-                    wave = clean[i].float().cpu().numpy()
-                    examples.append(
-                        Example(
-                            key=str(batch["keys"][i]) if "keys" in batch else f"example_{len(examples)}",
-                            clean=wave,
-                            degraded=wave,  # the autoencoder's input is the clean mel: nothing is degraded
-                            output=None,
-                            sample_rate=self.sample_rate,
-                            output_mel=recon[i].cpu().numpy(),
-                        )
-                    )
+                add_clean_input_examples(
+                    examples, max_examples, batch, clean, self.sample_rate, output_mel=recon
+                )
         finally:
             vae.train(was_training)
         metrics = {k: (v / count if count else float("nan")) for k, v in totals.items()}

@@ -32,7 +32,15 @@ from training.losses import (
     multi_resolution_stft_distance,
 )
 from training.models import registry
-from training.stages.base import EvalResult, Example, Optimizers, Stage, frozen_params, unwrap
+from training.stages.base import (
+    EvalResult,
+    Example,
+    Optimizers,
+    Stage,
+    add_clean_input_examples,
+    frozen_params,
+    unwrap,
+)
 
 # HiFi-GAN V1 (jik876/hifi-gan train.py): loss_mel * 45, feature_loss * 2, generator_loss * 1
 LOSS_WEIGHTS = {"mel": 45.0, "feature_matching": 2.0, "adversarial": 1.0}
@@ -134,19 +142,9 @@ class VocoderStage(Stage):
                 totals["stft_sc"] += float(sc.sum())
                 totals["stft_log_mag"] += float(log_mag.sum())
                 count += clean.shape[0]
-                for i in range(clean.shape[0]):
-                    if len(examples) >= max_examples:
-                        break
-                    wave = clean[i].float().cpu().numpy()
-                    examples.append(
-                        Example(
-                            key=str(batch["keys"][i]) if "keys" in batch else f"example_{len(examples)}",
-                            clean=wave,
-                            degraded=wave,  # the vocoder's input is the clean mel: nothing is degraded
-                            output=output[i].float().cpu().numpy(),
-                            sample_rate=self.sample_rate,
-                        )
-                    )
+                add_clean_input_examples(
+                    examples, max_examples, batch, clean, self.sample_rate, output=output
+                )
         finally:
             generator.train(was_training)
         metrics = {k: (v / count if count else float("nan")) for k, v in totals.items()}
