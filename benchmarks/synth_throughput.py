@@ -100,9 +100,33 @@ def bench_hires(inputs: dict[str, str], workdir: Path, workers: int, samples_per
     }
 
 
+def _flac(x, sr: int) -> bytes:
+    """``x`` clipped to [-1, 1] as 24-bit FLAC through soundfile: how the single-process baselines encode."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(x, -1, 1), sr, format="FLAC", subtype="PCM_24")
+    return buf.getvalue()
+
+
+def _one_process_speed(samples: int, segment_s: float, wall: float, cpu: float) -> dict:
+    """What a single-process baseline reports: ``samples`` segments written in ``wall`` s using ``cpu`` s."""
+    audio_s = samples * segment_s
+    return {
+        "workers": 1,
+        "samples": samples,
+        "audio_hours": round(audio_s / 3600, 4),
+        "wall_s": round(wall, 2),
+        "x_realtime_per_core": round(audio_s / wall, 1),
+        "x_realtime_per_cpu_second": round(audio_s / cpu, 1),
+    }
+
+
 def bench_baseline(inputs: dict[str, str], workdir: Path, segment_s: float = 5.12) -> dict:
     """A plain single-process chain: audiomentations + pyroomacoustics + webdataset, same segments."""
-    import io
 
     import numpy as np
     import pyroomacoustics as pra
@@ -150,11 +174,6 @@ def bench_baseline(inputs: dict[str, str], workdir: Path, segment_s: float = 5.1
     out = workdir / "baseline"
     out.mkdir(parents=True, exist_ok=True)
 
-    def flac(x: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        sf.write(buf, np.clip(x, -1, 1), sr, format="FLAC", subtype="PCM_24")
-        return buf.getvalue()
-
     samples = 0
     start, cpu_start = time.perf_counter(), time.process_time()
     with wds.TarWriter(str(out / "baseline-000000.tar")) as sink:
@@ -173,22 +192,15 @@ def bench_baseline(inputs: dict[str, str], workdir: Path, segment_s: float = 5.1
                 sink.write(
                     {
                         "__key__": f"{row.id}_{j:04d}",
-                        "clean.flac": flac(x),
-                        "degraded.flac": flac(y),
+                        "clean.flac": _flac(x, sr),
+                        "degraded.flac": _flac(y, sr),
                         "json": json.dumps(meta).encode(),
                     }
                 )
                 samples += 1
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    audio_s = samples * segment_s
-    return {
-        "workers": 1,
-        "samples": samples,
-        "audio_hours": round(audio_s / 3600, 4),
-        "wall_s": round(wall, 2),
-        "x_realtime_per_core": round(audio_s / wall, 1),
-        "x_realtime_per_cpu_second": round(audio_s / cpu, 1),
-    }
+    return _one_process_speed(
+        samples, segment_s, time.perf_counter() - start, time.process_time() - cpu_start
+    )
 
 
 # the user chain's recipe in hires terms: 0-2 of clipping / MP3 / low-pass (poly resampling band limit)
@@ -258,7 +270,6 @@ def bench_user_chain(inputs: dict[str, str], workdir: Path, segment_s: float = 5
     with :func:`degradations.levels.integrated_loudness` instead (half the CPU of pyloudnorm, so the comparison
     does not flatter hires).
     """
-    import io
     import random
 
     import numpy as np
@@ -296,11 +307,6 @@ def bench_user_chain(inputs: dict[str, str], workdir: Path, segment_s: float = 5
     out = workdir / "user_chain"
     out.mkdir(parents=True, exist_ok=True)
 
-    def flac(x: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        sf.write(buf, np.clip(x, -1, 1), sr, format="FLAC", subtype="PCM_24")
-        return buf.getvalue()
-
     samples = 0
     start, cpu_start = time.perf_counter(), time.process_time()
     with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=512, verbose=0) as sink:
@@ -314,18 +320,13 @@ def bench_user_chain(inputs: dict[str, str], workdir: Path, segment_s: float = 5
                 y = degrade(samples=x, sample_rate=sr)
                 key = f"{row.id}_{j:04d}"
                 meta = {"key": key, "source_id": row.id, "offset": offset}
-                sink.write({"__key__": key, "clean.flac": flac(x), "degraded.flac": flac(y), "json": meta})
+                sink.write(
+                    {"__key__": key, "clean.flac": _flac(x, sr), "degraded.flac": _flac(y, sr), "json": meta}
+                )
                 samples += 1
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    audio_s = samples * segment_s
-    return {
-        "workers": 1,
-        "samples": samples,
-        "audio_hours": round(audio_s / 3600, 4),
-        "wall_s": round(wall, 2),
-        "x_realtime_per_core": round(audio_s / wall, 1),
-        "x_realtime_per_cpu_second": round(audio_s / cpu, 1),
-    }
+    return _one_process_speed(
+        samples, segment_s, time.perf_counter() - start, time.process_time() - cpu_start
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
