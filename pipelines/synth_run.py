@@ -124,6 +124,23 @@ def _lease(out: str, stale_after_s: float | None = None):
     return hold_lease(out, stale_after_s=stale_after_s or DEFAULT_STALE_AFTER_S, what="synth")
 
 
+def _recipe(
+    clean: str, noise: str, rir: str, out: str, cfg: SynthConfig, seed: int
+) -> tuple[str, dict[str, str], dict]:
+    """``(out, manifests, identity)`` of a run to plan, normalised; fails first if this host cannot render what
+    the chain may draw."""
+    from degradations import check_backends
+
+    check_backends(cfg.chain)
+    out = _normalize_out(out)
+    manifests = {
+        "clean": _normalize_input(clean),
+        "noise": _normalize_input(noise),
+        "rir": _normalize_input(rir),
+    }
+    return out, manifests, run_identity(cfg, seed, manifests)
+
+
 @contextlib.contextmanager
 def _rendering(
     out: str, address: str | None, num_cpus: int | None, progress: bool, lease_stale_after_s: float | None
@@ -184,16 +201,7 @@ def plan_synth(
     lease_stale_after_s: float | None = None,
 ) -> PlanResult:
     """Write only ``out/plan.parquet`` and return its summary (``hires synth plan``)."""
-    from degradations import check_backends
-
-    check_backends(cfg.chain)
-    out = _normalize_out(out)
-    manifests = {
-        "clean": _normalize_input(clean),
-        "noise": _normalize_input(noise),
-        "rir": _normalize_input(rir),
-    }
-    identity = run_identity(cfg, seed, manifests)
+    out, manifests, identity = _recipe(clean, noise, rir, out, cfg, seed)
     with _lease(out, lease_stale_after_s):
         check_existing(out, identity, force)
         plan, _ = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
@@ -217,16 +225,7 @@ def run_synth(
     lease_stale_after_s: float | None = None,
 ) -> SynthSummary:
     """Plan and render a synthesis run into ``out`` (local path or URI); see the module docstring."""
-    from degradations import check_backends
-
-    check_backends(cfg.chain)  # fail before planning if this host cannot render what the chain may draw
-    out = _normalize_out(out)
-    manifests = {
-        "clean": _normalize_input(clean),
-        "noise": _normalize_input(noise),
-        "rir": _normalize_input(rir),
-    }
-    identity = run_identity(cfg, seed, manifests)
+    out, manifests, identity = _recipe(clean, noise, rir, out, cfg, seed)
     if not force:
         check_existing(out, identity, force)  # a mismatch fails before Ray starts (it only reads)
     with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as cpus:
