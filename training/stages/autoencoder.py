@@ -24,11 +24,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from datasets.config import ConfigError
 from training.config import StageConfig
-from training.features import LogMel
 from training.losses import (
     adaptive_adversarial_weight,
     hinge_discriminator_loss,
@@ -36,16 +34,8 @@ from training.losses import (
     loss_weights,
     mel_l1,
 )
-from training.models import registry
-from training.stages.base import (
-    EvalResult,
-    Example,
-    Optimizers,
-    Stage,
-    add_clean_input_examples,
-    frozen_params,
-    unwrap,
-)
+from training.stages.base import EvalResult, Example, Optimizers, frozen_params, unwrap
+from training.stages.mel_gan import MelGanStage
 
 # AudioLDM (haoheliu/AudioLDM-training-finetuning, audioldm_train/losses/contperceptual.py and
 # config/2023_11_13_vae_autoencoder/16k_64.yaml): pixelloss_weight 1, disc_weight 0.5 with the adaptive weight;
@@ -53,37 +43,17 @@ from training.stages.base import (
 LOSS_WEIGHTS = {"reconstruction": 1.0, "kl": 1.0, "adversarial": 0.5, "adaptive": 1.0}
 
 
-class AutoencoderStage(Stage):
-    name = "autoencoder"
-    streams = ("clean_48k",)
-    inference_modules = ("generator",)  # the VAE
+class AutoencoderStage(MelGanStage):
+    name = "autoencoder"  # the generator is the VAE
 
     def __init__(self, cfg: StageConfig, device: torch.device, frozen: dict[str, Any] | None = None) -> None:
-        super().__init__(cfg, device, frozen)
-        self.weights = loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
-        if self.weights["adaptive"] not in (0.0, 1.0):
+        weights = loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
+        if weights["adaptive"] not in (0.0, 1.0):
             raise ConfigError(
-                f"train.loss.adaptive: 1 (adaptive weight) or 0 (fixed), got {self.weights['adaptive']}"
+                f"train.loss.adaptive: 1 (adaptive weight) or 0 (fixed), got {weights['adaptive']}"
             )
-        assert cfg.features.mel is not None  # the config loader requires it for this stage
-        self.mel = LogMel(cfg.features.mel).to(device)
-        self.sample_rate = cfg.features.mel.sample_rate
-        vae = registry.build(cfg)
-        discriminator = registry.build_discriminator(cfg)
-        if discriminator is None:
-            raise ValueError(f"network {cfg.model.name!r} has no discriminator for the autoencoder stage")  # type: ignore[attr-defined]
-        self.networks = {"discriminator": discriminator.to(device), "generator": vae.to(device)}
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return dict(self.networks)  # the discriminator first: it is updated on the detached reconstruction
-
-    def _module(self, name: str) -> nn.Module:
-        return self.ddp.get(name, self.networks[name])
-
-    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        # float32 even under the loop's bf16 autocast: the filterbank matmul would otherwise round the loss target
-        with torch.autocast(self.device.type, enabled=False):
-            return self.mel(wave.float())
+        super().__init__(cfg, device, frozen)
+        self.weights = weights
 
     def train_step(self, batch: dict, step: int, opt: Optimizers) -> dict[str, float]:
         vae, discriminator = self._module("generator"), self._module("discriminator")
@@ -157,9 +127,7 @@ class AutoencoderStage(Stage):
                 totals["mel_l1"] += float(mel_l1(recon, mel, per_example=True).sum())
                 totals["kl"] += float(self._kl_per_element(posterior).sum())
                 count += clean.shape[0]
-                add_clean_input_examples(
-                    examples, max_examples, batch, clean, self.sample_rate, output_mel=recon
-                )
+                self._add_examples(examples, max_examples, batch, clean, output_mel=recon)
         finally:
             vae.train(was_training)
         metrics = {k: (v / count if count else float("nan")) for k, v in totals.items()}

@@ -59,34 +59,6 @@ class EvalResult:
     examples: list[Example] = field(default_factory=list)
 
 
-def add_clean_input_examples(
-    examples: list[Example],
-    max_examples: int,
-    batch: dict,
-    clean: torch.Tensor,
-    sample_rate: int,
-    output: torch.Tensor | None = None,
-    output_mel: torch.Tensor | None = None,
-) -> None:
-    """Append a batch's examples to ``examples`` until it holds ``max_examples``, for the stages whose input is the
-    clean mel (autoencoder, vocoder): nothing is degraded, so the clean waveform stands for the degraded one.
-    ``output`` (waveforms) and ``output_mel`` (log-mels) are per example of the batch, like ``clean``."""
-    for i in range(clean.shape[0]):
-        if len(examples) >= max_examples:
-            break
-        wave = clean[i].float().cpu().numpy()
-        examples.append(
-            Example(
-                key=str(batch["keys"][i]) if "keys" in batch else f"example_{len(examples)}",
-                clean=wave,
-                degraded=wave,
-                output=None if output is None else output[i].float().cpu().numpy(),
-                sample_rate=sample_rate,
-                output_mel=None if output_mel is None else output_mel[i].float().cpu().numpy(),
-            )
-        )
-
-
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module inside a DDP wrapper (or the module itself)."""
     return getattr(module, "module", module)

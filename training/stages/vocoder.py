@@ -19,10 +19,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
 from training.config import StageConfig
-from training.features import LogMel
 from training.losses import (
     feature_matching_loss,
     loss_weights,
@@ -31,49 +29,21 @@ from training.losses import (
     mel_l1,
     multi_resolution_stft_distance,
 )
-from training.models import registry
-from training.stages.base import (
-    EvalResult,
-    Example,
-    Optimizers,
-    Stage,
-    add_clean_input_examples,
-    frozen_params,
-    unwrap,
-)
+from training.stages.base import EvalResult, Example, Optimizers, frozen_params, unwrap
+from training.stages.mel_gan import MelGanStage
 
 # HiFi-GAN V1 (jik876/hifi-gan train.py): loss_mel * 45, feature_loss * 2, generator_loss * 1
 LOSS_WEIGHTS = {"mel": 45.0, "feature_matching": 2.0, "adversarial": 1.0}
 
 
-class VocoderStage(Stage):
+class VocoderStage(MelGanStage):
     name = "vocoder"
-    streams = ("clean_48k",)
-    inference_modules = ("generator",)
 
     def __init__(self, cfg: StageConfig, device: torch.device, frozen: dict[str, Any] | None = None) -> None:
+        weights = loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
         super().__init__(cfg, device, frozen)
-        self.weights = loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
-        assert cfg.features.mel is not None  # the config loader requires it for this stage
-        self.mel = LogMel(cfg.features.mel).to(device)
-        self.hop = cfg.features.mel.hop_length
-        self.sample_rate = cfg.features.mel.sample_rate
-        generator = registry.build(cfg)
-        discriminator = registry.build_discriminator(cfg)
-        if discriminator is None:
-            raise ValueError(f"network {cfg.model.name!r} has no discriminator for the vocoder stage")  # type: ignore[attr-defined]
-        self.networks = {"discriminator": discriminator.to(device), "generator": generator.to(device)}
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return dict(self.networks)  # the discriminator first: it is updated on the detached generator output
-
-    def _module(self, name: str) -> nn.Module:
-        return self.ddp.get(name, self.networks[name])
-
-    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        # float32 even under the loop's bf16 autocast: the filterbank matmul would otherwise round the loss target
-        with torch.autocast(self.device.type, enabled=False):
-            return self.mel(wave.float())
+        self.weights = weights
+        self.hop = cfg.features.mel.hop_length  # type: ignore[union-attr]
 
     def _crop(self, wave: torch.Tensor) -> torch.Tensor:
         samples = wave.shape[-1] // self.hop * self.hop
@@ -142,9 +112,7 @@ class VocoderStage(Stage):
                 totals["stft_sc"] += float(sc.sum())
                 totals["stft_log_mag"] += float(log_mag.sum())
                 count += clean.shape[0]
-                add_clean_input_examples(
-                    examples, max_examples, batch, clean, self.sample_rate, output=output
-                )
+                self._add_examples(examples, max_examples, batch, clean, output=output)
         finally:
             generator.train(was_training)
         metrics = {k: (v / count if count else float("nan")) for k, v in totals.items()}
