@@ -9,9 +9,6 @@ moto honours conditional requests (``If-None-Match: *`` and ``If-Match`` on PUT 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,34 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray_helpers import free_port, stop_process_group
 
 BUCKET = "hires-test"
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-
-
 @contextlib.contextmanager
 def moto_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
     """Start the server, set the AWS variables with ``monkeypatch``, create :data:`BUCKET`; stop it afterwards."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -83,7 +62,7 @@ def moto_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str
         import fsspec
 
         fsspec.get_filesystem_class("s3").clear_instance_cache()
-        _stop(proc)
+        stop_process_group(proc)
 
 
 @pytest.fixture

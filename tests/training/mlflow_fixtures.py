@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ray_helpers import free_port
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -26,12 +26,6 @@ VENV_BIN = Path(sys.executable).parent
 class MlflowServer:
     uri: str
     root: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _up(uri: str) -> bool:
@@ -63,7 +57,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory) -> MlflowServer:
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(

@@ -7,26 +7,20 @@ gradients, so agreement also shows that accumulation and synchronisation fit tog
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from ray_helpers import free_port
 
 from training.model_dir import load_model
 
 HERE = Path(__file__).resolve().parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_rank_gloo_parameters_agree(tmp_path):
-    steps, port = 3, _free_port()
+    steps, port = 3, free_port()
     code = (
         f"import sys; sys.path.insert(0, {str(HERE)!r}); from loop_helpers import ddp_worker; "
         f"ddp_worker(int(sys.argv[1]), 2, {port}, {str(tmp_path)!r}, {steps}, grad_accum=2)"
