@@ -303,6 +303,16 @@ _STREAMS: dict[int, tuple[Any, _ShardStream]] = {}
 _MAX_STREAMS = 8  # a worker process holds one shard; tests and notebooks may hold a few
 
 
+def close_streams() -> None:
+    """Close the held shard streams (before ``ray.shutdown()``: a stream closed after it would try to reach Ray
+    from the garbage collector at interpreter exit)."""
+    while _STREAMS:
+        _, (_, stream) = _STREAMS.popitem()
+        close = getattr(stream.batches, "close", None)
+        if close is not None:
+            close()
+
+
 def _stream(shard: Any, spec: DataSpec) -> _ShardStream:
     held = _STREAMS.get(id(shard))
     if held is None or held[0] is not shard:  # the shard is kept alive with its stream, so ids stay unique

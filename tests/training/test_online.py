@@ -32,6 +32,9 @@ def ray_local():
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     yield ray
+    from training.online import close_streams
+
+    close_streams()
     if started:
         ray.shutdown()
 
