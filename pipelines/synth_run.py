@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,17 +145,17 @@ def _recipe(
 @contextlib.contextmanager
 def _rendering(
     out: str, address: str | None, num_cpus: int | None, progress: bool, lease_stale_after_s: float | None
-) -> Iterator[float]:
-    """Ray joined (or started) and the run's lease on ``out`` held; yields the CPUs to use. Ray is started before
-    anything is written (a bad address fails fast) and shut down afterwards if it was started here."""
+) -> Iterator[tuple[float, Any]]:
+    """Ray joined (or started) and the run's lease on ``out`` held; yields the CPUs to use and the lease. Ray is
+    started before anything is written (a bad address fails fast) and shut down afterwards if it was started here."""
     import ray
 
     from pipelines.ray_setup import init_ray
 
     started, cpus = init_ray(address, num_cpus, quiet=not progress)
     try:
-        with _lease(out, lease_stale_after_s):
-            yield cpus
+        with _lease(out, lease_stale_after_s) as lease:
+            yield cpus, lease
     finally:
         if started:
             ray.shutdown()
@@ -228,11 +229,22 @@ def run_synth(
     out, manifests, identity = _recipe(clean, noise, rir, out, cfg, seed)
     if not force:
         check_existing(out, identity, force)  # a mismatch fails before Ray starts (it only reads)
-    with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as cpus:
+    with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as (cpus, lease):
         check_existing(out, identity, force)  # again: the directory is ours only from here
         plan, data = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
         return _render(
-            out, plan.table, data, plan.cfg, seed, identity, plan.stats, manifests, cpus, progress, on_shard
+            out,
+            plan.table,
+            data,
+            plan.cfg,
+            seed,
+            identity,
+            plan.stats,
+            manifests,
+            cpus,
+            progress,
+            on_shard,
+            lease,
         )
 
 
@@ -274,14 +286,16 @@ def render_synth(
         )
     resolved = cfg.model_copy(deep=True)
     resolved.shards.samples_per_shard = int(recipe["samples_per_shard"])
-    with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as cpus:
+    with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as (cpus, lease):
         data = storage.read_bytes(plan_path)
         if read_plan_metadata(plan_path)[0] != stored:
             raise IncompatibleError(f"{plan_path}: replaced by another plan while this render started")
         table = pq.read_table(pa.BufferReader(data), columns=["shard", "split", "key"], use_threads=False)
         stats = PlanStats(**recipe["stats"])
         seed = int(recipe["seed"])
-        return _render(out, table, data, resolved, seed, identity, stats, manifests, cpus, progress, on_shard)
+        return _render(
+            out, table, data, resolved, seed, identity, stats, manifests, cpus, progress, on_shard, lease
+        )
 
 
 def _render(
@@ -296,8 +310,10 @@ def _render(
     cpus: float,
     progress: bool,
     on_shard: Callable[[dict], None] | None,
+    lease: Any = None,
 ) -> SynthSummary:
-    """Render every shard of a written plan, then write ``index.json``."""
+    """Render every shard of a written plan, then write ``index.json`` (only while the lease is still ours: a run
+    that stalled past the stale time and was taken over must not publish over the new owner's index)."""
     if not is_uri(out):
         storage.remove(storage.join(out, "tmp"))  # scratch files of killed tasks
     counts = table.group_by(["shard", "split"]).aggregate([("key", "count")]).sort_by("shard").to_pylist()
@@ -318,6 +334,9 @@ def _render(
     if not is_uri(out) and not storage.listdir(storage.join(out, "tmp")):
         storage.remove(storage.join(out, "tmp"))
     index = build_index(cfg, identity, stats, plan_data, entries)
+    if lease is not None:
+        lease.beat()  # renews it now, or finds that another run took it over
+        lease.check()
     storage.write_bytes(index_path(out), index_bytes(index))
     return SynthSummary.from_run(out, index, entries, wall, cpus)
 

@@ -463,3 +463,26 @@ def test_lease_stale_after_takes_over_a_silent_holder(demo_inputs, tmp_path, cap
     assert "bob" in capsys.readouterr().err
     assert main(["synth", "plan", *argv, "--lease-stale-after", "30"]) == 0
     assert (out / "plan.parquet").exists()
+
+
+def test_a_run_whose_lease_was_taken_over_does_not_publish_its_index(demo_inputs, ray_session, tmp_path):
+    import json
+
+    from datasets.lease import LeaseLostError
+    from datasets.manifest import write_manifest
+
+    small = tmp_path / "clean.parquet"
+    write_manifest(read_manifest(demo_inputs["clean"]).head(2).to_dict("records"), small, kind="speech")
+    inputs = {**demo_inputs, "clean": str(small)}
+    cfg = load_synth_config(overrides={"shards.samples_per_shard": 2})
+    out = tmp_path / "run"
+
+    def taken_over(_entry: dict) -> None:
+        # another run took the directory over while this one rendered (this one stalled past the stale time)
+        lease = json.loads((out / ".lease.json").read_text())
+        (out / ".lease.json").write_text(json.dumps({**lease, "owner": "other", "token": "another-run"}))
+
+    with pytest.raises(LeaseLostError, match="taken over"):
+        run_synth(**inputs, out=str(out), cfg=cfg, seed=1, progress=False, on_shard=taken_over)
+    assert not (out / "index.json").exists()
+    assert json.loads((out / ".lease.json").read_text())["owner"] == "other"  # the new owner keeps its lease
