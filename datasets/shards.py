@@ -49,7 +49,6 @@ INDEX_FIELDS = (
     "shards",
 )
 INDEX_SHARD_FIELDS = ("name", "split", "samples", "seconds", "bytes", "sha256")
-_SHARD_NAME = re.compile(r"shard-(\d{6,})\.tar")
 _KEY = re.compile(r"[^./\\\x00]+")
 _CHUNK = 1 << 20
 
@@ -65,14 +64,6 @@ class SampleDecodeError(DataError):
 def shard_name(index: int) -> str:
     """``shard-000012.tar`` for shard 12."""
     return f"shard-{int(index):06d}.tar"
-
-
-def shard_index(name: str) -> int:
-    """The number in a shard name (inverse of :func:`shard_name`); ValueError for anything else."""
-    m = _SHARD_NAME.fullmatch(name)
-    if not m:
-        raise ValueError(f"{name!r} is not a shard name (shard-NNNNNN.tar)")
-    return int(m.group(1))
 
 
 def shard_path(run_dir: str, name: str) -> str:
