@@ -234,18 +234,12 @@ def bench_hires_in_process(inputs: dict[str, str], workdir: Path, overrides: dic
         with open(out / f"shard-{i // per:06d}.tar", "wb") as f:
             render_shard_bytes(rows[i : i + per], f, cfg, 0, banks, "bench")
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    audio_s = len(rows) * cfg.segment.seconds
     ops: dict[str, int] = {}
     for row in rows:
         for step in json.loads(row["steps"]):
             ops[step["op"]] = ops.get(step["op"], 0) + 1
     return {
-        "workers": 1,
-        "samples": len(rows),
-        "audio_hours": round(audio_s / 3600, 4),
-        "wall_s": round(wall, 2),
-        "x_realtime_per_core": round(audio_s / wall, 1),
-        "x_realtime_per_cpu_second": round(audio_s / cpu, 1),
+        **_one_process_speed(len(rows), cfg.segment.seconds, wall, cpu),
         "mean_ops_per_sample": round(float(np.mean([len(json.loads(r["steps"])) for r in rows])), 2),
         "op_counts": ops,
     }
