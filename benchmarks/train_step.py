@@ -133,7 +133,7 @@ def bench_in_process(
     stage: str, config: str, device: torch.device, steps: int, batch_size: int | None
 ) -> dict:
     from training.config import load_stage_config
-    from training.loop import Context, run
+    from training.loop import Context, _NullLogger, run
     from training.stages import get_stage
 
     cfg = load_stage_config(stage, config)
@@ -150,15 +150,9 @@ def bench_in_process(
     cfg = cfg.model_copy(update={"train": t.model_copy(update=overrides)})
     metrics: list[dict] = []
 
-    class Logger:
-        def log_params(self, flat): ...
+    class Logger(_NullLogger):  # keeps the metrics, drops the rest
         def log_metrics(self, m, step):
             metrics.append(dict(m))
-
-        def log_audio(self, *a): ...
-        def log_image(self, *a): ...
-        def set_tags(self, tags): ...
-        def close(self): ...
 
     def train_batches(epoch, start, stats):
         for i in range(start, 10**9):
