@@ -495,13 +495,15 @@ def _job_tags() -> dict[str, str]:
     return tags
 
 
-def _online_datasets(p: Prepared, world: int, start_epoch: int) -> dict:
-    """Ray Data for online mode: enough epochs for the remaining steps at the largest world size."""
+def _online_datasets(p: Prepared, world: int, before: dict | None) -> dict:
+    """Ray Data for online mode: enough epochs for the remaining steps at the largest world size, from the
+    epoch of ``before`` (the latest checkpoint's metrics, None for a fresh run)."""
     from training import data as data_mod
     from training.online import trainer_datasets
 
+    start_epoch = int((before or {}).get("epoch", 0))
     per_epoch = data_mod.batches_per_epoch(p.data, world)
-    done = int((latest_checkpoint(p.run_dir) or {}).get("step", 0))
+    done = int((before or {}).get("step", 0))
     needed = (p.steps - done) * p.stage_config.train.grad_accum
     epochs = start_epoch + max(1, math.ceil(needed / per_epoch)) + 1  # +1: a resumed epoch starts mid-way
     return trainer_datasets(p.data, epochs, start_epoch)
@@ -577,7 +579,7 @@ def run_training(
             summary.run_id, _ = tracking.find_or_create_run(
                 p.tracking_uri, req.experiment, p.run_name, p.run_dir, tags
             )
-            summary.model_version = _register(p, summary.run_id, summary.model_dir)
+            summary.model_version = _register(p, summary.run_id, summary.model_dir, done_step)
             tracking.end_run(p.tracking_uri, summary.run_id)
         summary.wall_s = time.monotonic() - t0
         return summary
@@ -613,7 +615,7 @@ def run_training(
         config = loop_config(p, models, mlflow_cfg, req.workers)
         datasets = None
         if req.online is not None:
-            datasets = _online_datasets(p, max_workers(req.workers), int((before or {}).get("epoch", 0)))
+            datasets = _online_datasets(p, max_workers(req.workers), before)
         try:
             with _progress(p, summary.resumed_from or 0, enabled=progress):
                 result = _fit(p, config, cpw, datasets, train_func)
@@ -630,30 +632,30 @@ def run_training(
             raise
         metrics = dict(result.metrics or {})
         summary.metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        summary.final_step = int(metrics.get("final_step", metrics.get("step", 0))) or finished_step(
-            p.run_dir
-        )
     finally:
         if started:
             ray.shutdown()
-    if finished_step(p.run_dir) is not None:
+    model_step = finished_step(p.run_dir)
+    summary.final_step = int(metrics.get("final_step", metrics.get("step", 0))) or model_step
+    if model_step is not None:
         summary.model_dir = storage.join(p.run_dir, "model")
         if summary.run_id:
-            summary.model_version = _register(p, summary.run_id, summary.model_dir)
+            summary.model_version = _register(p, summary.run_id, summary.model_dir, model_step)
     if summary.run_id:
         tracking.end_run(p.tracking_uri, summary.run_id)
     summary.wall_s = time.monotonic() - t0
     return summary
 
 
-def _register(p: Prepared, run_id: str, model_dir: str) -> str:
+def _register(p: Prepared, run_id: str, model_dir: str, step: int) -> str:
+    """Log ``model_dir`` (at ``step``, from its model.json) to the run and register it as a new version."""
     lineage = {
         "run_id": run_id,
         "run_dir": p.run_dir,
         "shards": p.lineage["shards"],
         "shards_index_sha256": p.lineage["shards_index_sha256"],
         "code_version": p.lineage["code_version"],
-        "step": finished_step(p.run_dir),
+        "step": step,
         "online": canonical_json(p.data["online"]) if p.data.get("online") else None,
     }
     return tracking.log_and_register_model(p.tracking_uri, run_id, p.request.stage, model_dir, lineage)
