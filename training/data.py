@@ -675,16 +675,16 @@ def train_batches(
     (fetched here when omitted); see :func:`training.online.online_train_batches`.
     """
     spec = as_spec(spec)
-    if spec.online is not None:
-        from training.online import online_train_batches
-
-        yield from online_train_batches(spec, rank, world, epoch, start_batch, stats, dataset_shard)
-        return
     n = batches_per_epoch(spec, world)
     if not 0 <= start_batch <= n:
         raise ValueError(
             f"start_batch {start_batch} outside 0..{n} (batches per epoch at world size {world})"
         )
+    if spec.online is not None:
+        from training.online import online_train_batches
+
+        yield from online_train_batches(spec, n - start_batch, stats, dataset_shard)
+        return
     slots, schedule = epoch_slots(spec, rank, world, epoch)
     slots = slots[start_batch * spec.batch_size :]
     sizes = [spec.batch_size] * (n - start_batch)

@@ -324,15 +324,10 @@ def _stream(shard: Any, spec: DataSpec) -> _ShardStream:
 
 
 def online_train_batches(
-    spec: DataSpec,
-    rank: int,
-    world: int,
-    epoch: int,
-    start_batch: int = 0,
-    stats: dict | None = None,
-    dataset_shard: Any = None,
+    spec: DataSpec, count: int, stats: dict | None = None, dataset_shard: Any = None
 ) -> Iterator[dict[str, Any]]:
-    """:func:`training.data.train_batches` in online mode (see the module docstring)."""
+    """The next ``count`` batches of the dataset shard: :func:`training.data.train_batches` in online mode,
+    which checks ``start_batch`` and passes the batches left in the epoch (see the module docstring)."""
     if dataset_shard is None:
         import ray.train
 
@@ -342,14 +337,9 @@ def online_train_batches(
     stats = stats if stats is not None else {}
     stats.setdefault("skipped", 0)
     stats.setdefault("samples", 0)
-    n = online_batches_per_epoch(spec, world)
-    if not 0 <= start_batch <= n:
-        raise ValueError(
-            f"start_batch {start_batch} outside 0..{n} (batches per epoch at world size {world})"
-        )
     stream = _stream(dataset_shard, spec)
     lengths = {s: spec.crop_samples // (3 if s.endswith("_16k") else 1) for s in spec.streams}
-    for _ in range(n - start_batch):
+    for _ in range(count):
         batch = stream.next_batch(spec, stats)
         if any(s not in batch or batch[s].shape[-1] != t for s, t in lengths.items()):
             raise IncompatibleError(
