@@ -193,12 +193,13 @@ def plan_bytes(table: pa.Table, identity: dict, recipe: dict | None = None) -> b
     return buf.getvalue()
 
 
-def read_plan_metadata(plan_path: str) -> tuple[dict | None, dict | None]:
-    """``(identity, recipe)`` stored in a plan; ``(None, None)`` when there is no plan file."""
-    if not storage.exists(plan_path):
+def read_plan_metadata(plan_path: str, data: bytes | None = None) -> tuple[dict | None, dict | None]:
+    """``(identity, recipe)`` stored in a plan; ``(None, None)`` when there is no plan file. ``data``: the plan's
+    bytes already read (then ``plan_path`` only names it in errors)."""
+    if data is None and not storage.exists(plan_path):
         return None, None
     try:
-        with storage.open_read(plan_path) as f:
+        with pa.BufferReader(data) if data is not None else storage.open_read(plan_path) as f:
             meta = pq.ParquetFile(f).schema_arrow.metadata or {}
         identity, recipe = (meta.get(k) for k in (RUN_METADATA_KEY, RECIPE_METADATA_KEY))
         return (json.loads(identity) if identity else None), (json.loads(recipe) if recipe else None)

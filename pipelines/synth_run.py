@@ -288,7 +288,7 @@ def render_synth(
     resolved.shards.samples_per_shard = int(recipe["samples_per_shard"])
     with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as (cpus, lease):
         data = storage.read_bytes(plan_path)
-        if read_plan_metadata(plan_path)[0] != stored:
+        if read_plan_metadata(plan_path, data)[0] != stored:
             raise IncompatibleError(f"{plan_path}: replaced by another plan while this render started")
         table = pq.read_table(pa.BufferReader(data), columns=["shard", "split", "key"], use_threads=False)
         stats = PlanStats(**recipe["stats"])
