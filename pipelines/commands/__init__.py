@@ -55,3 +55,16 @@ def config_override(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE (dotted key), got {text!r}")
     return key.strip(), yaml.safe_load(value)
+
+
+def add_override_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """Repeatable ``--set KEY=VALUE`` into ``args.overrides`` (a list of :func:`config_override` pairs)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=config_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help=help,
+    )

@@ -16,7 +16,7 @@ from datasets.errors import UsageError
 from datasets.synth_config import DEFAULT_CONFIG
 from pipelines.commands import (
     add_config_args,
-    config_override,
+    add_override_arg,
     non_negative_int,
     positive_float,
     positive_int,
@@ -43,15 +43,7 @@ def _add_recipe_args(p: argparse.ArgumentParser, required: bool) -> None:
         type=positive_int,
         help="override shards.samples_per_shard (default 'auto': from the corpus size, 16-512 per shard)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=config_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config field, e.g. --set segment.tail=drop (repeatable)",
-    )
+    add_override_arg(p, "override any config field, e.g. --set segment.tail=drop (repeatable)")
     p.add_argument(
         "--force",
         action="store_true",

@@ -11,7 +11,7 @@ import argparse
 import shlex
 import sys
 
-from pipelines.commands import config_override, non_negative_int, positive_float, positive_int
+from pipelines.commands import add_override_arg, non_negative_int, positive_float, positive_int
 
 STAGES = ("recovery", "autoencoder", "vocoder", "ldm")
 
@@ -69,15 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="paper",
         help="stage config: a shipped name (paper, tiny) or a YAML file (default: paper)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=config_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.checkpoint_every=100 (repeatable)",
-    )
+    add_override_arg(p, "override a config field, e.g. --set train.checkpoint_every=100 (repeatable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved stage config and exit")
     p.add_argument(
         "--steps", type=positive_int, help="optimisation steps (default: the config's train.steps)"
