@@ -85,7 +85,7 @@ def make_run(workdir: Path, minutes: float) -> Path:
     return run
 
 
-def measure(run: Path, threads: int, clips: int, batch_size: int, crop: int) -> dict:
+def measure(run: Path, threads: int, clips: int, batch_size: int, crop: int, sr: int) -> dict:
     from training.data import DataSpec, batches_per_epoch, train_batches
 
     spec = DataSpec(
@@ -116,7 +116,7 @@ def measure(run: Path, threads: int, clips: int, batch_size: int, crop: int) -> 
     if pinned:
         os.sched_setaffinity(0, usable)
     return {
-        "crop_s": crop / 48000,
+        "crop_s": crop / sr,
         "threads": threads,
         "clips": done,
         "clips_per_epoch": per_epoch,
@@ -160,8 +160,12 @@ def main() -> None:
     counts = sorted({1, cores})
     load_before = os.getloadavg()[0]
     # the recovery stage's paper crop (configs/train/recovery/paper.yaml) and the whole 5.12 s sample
-    crops = (97920, 245760)
-    results = [measure(run, n, args.clips, args.batch_size, crop) for crop in crops for n in counts]
+    from training.config import load_stage_config
+
+    index = json.loads((run / "index.json").read_text())
+    sr = int(index["sample_rate"])
+    crops = (load_stage_config("recovery", "paper").train.crop_samples, int(index["segment_samples"]))
+    results = [measure(run, n, args.clips, args.batch_size, crop, sr) for crop in crops for n in counts]
     out = {
         "benchmark": "loader",
         "what": "5.12 s clips: tar read, decode clean+degraded FLAC, crop, loudness, resample both to 16 kHz",
