@@ -92,9 +92,10 @@ class _LocalStore:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError:
                 # NFS emulates flock with byte-range locks, which need a file open for writing: every client
-                # of such a filesystem fails here alike and locks a file beside the lease instead
-                os.close(fd)
-                fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+                # of such a filesystem fails here alike and locks a file beside the lease instead (the
+                # directory's descriptor is closed only once the lock file's is open: ``finally`` closes one)
+                dir_fd, fd = fd, os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+                os.close(dir_fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
