@@ -50,6 +50,7 @@ from training.config import StageConfig
 from training.model_dir import load_model, save_model_dir
 from training.optim import TrainOptimizers
 from training.stages import Stage, get_stage, unwrap
+from training.tracking import RankZeroLogger, flatten
 
 log = logging.getLogger(__name__)
 
@@ -199,19 +200,6 @@ def log_examples(logger: Any, result: Any, step: int) -> None:
 
 def flat_params(config: dict, stage_cfg: StageConfig, world: int) -> dict[str, Any]:
     """The resolved configuration as flat MLflow parameters."""
-    try:
-        from training.tracking import flatten
-    except ImportError:  # pragma: no cover - tracking ships with training
-
-        def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            if isinstance(obj, dict):
-                for k, v in obj.items():
-                    out.update(flatten(v, f"{prefix}{k}."))
-            else:
-                out[prefix[:-1]] = obj
-            return out
-
     params = {k: v for k, v in config.items() if k not in ("stage_config", "mlflow")}
     params["stage_config"] = stage_cfg.model_dump(mode="json")
     params["world_size"] = world
@@ -590,12 +578,7 @@ def ray_context(config: dict, stage_cfg: StageConfig) -> Context:
         with checkpoint.as_directory() as d:
             return ckpt.load_state(d)
 
-    try:
-        from training.tracking import RankZeroLogger
-
-        logger: Any = RankZeroLogger(config.get("mlflow"), rank=rank) if rank == 0 else _NullLogger()
-    except ImportError:  # pragma: no cover - tracking ships with training
-        logger = _NullLogger()
+    logger: Any = RankZeroLogger(config.get("mlflow"), rank=rank) if rank == 0 else _NullLogger()
     return Context(rank, world, device, train_batches, eval_batches, prepare, report, load_checkpoint, logger)
 
 
