@@ -85,7 +85,6 @@ class TrainSummary:
     run_name: str
     run_dir: str
     model_dir: str | None
-    target_step: int
     final_step: int | None
     status: str  # "trained" | "already finished"
     resumed_from: int | None = None
@@ -94,7 +93,6 @@ class TrainSummary:
     tracking_uri: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
-    workers: Any = None
     cpus_per_worker: float | None = None
 
     def lines(self) -> list[str]:
@@ -195,7 +193,6 @@ class Prepared:
     out: str
     run_dir: str
     data: dict  # DataSpec dict
-    data_info: dict  # check_shards' facts
     lineage: dict
     tracking_uri: str | None
     identity: dict
@@ -278,7 +275,7 @@ def prepare(req: TrainRequest) -> Prepared:
         "models": {k: v for k, v in sorted(req.models.items()) if v},
     }
     return Prepared(
-        req, cfg, int(cfg.train.steps), run_name, out, run_dir, data, info, lineage, tracking_uri, identity
+        req, cfg, int(cfg.train.steps), run_name, out, run_dir, data, lineage, tracking_uri, identity
     )
 
 
@@ -557,11 +554,9 @@ def run_training(
         run_name=p.run_name,
         run_dir=p.run_dir,
         model_dir=None,
-        target_step=p.steps,
         final_step=None,
         status="trained",
         tracking_uri=p.tracking_uri,
-        workers=req.workers,
     )
     tags = {
         "hires.stage": req.stage,
