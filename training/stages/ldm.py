@@ -33,10 +33,11 @@ from torch import nn
 from datasets.errors import IncompatibleError
 from training.config import StageConfig
 from training.features import ComplexSTFT, LogMel, resample
+from training.losses import loss_weights
 from training.models import build
 from training.models.diffusion import GaussianDiffusion
 from training.stages.base import EvalResult, Example, Optimizers, Stage, unwrap
-from training.stages.recovery import check_loss_weights, enhance
+from training.stages.recovery import enhance
 
 LOSS_WEIGHTS = {"diffusion": 1.0}
 EVAL_SEED = 1234  # DDIM noise of evaluation: the same draw at every evaluation, independent of training RNG
@@ -122,7 +123,7 @@ class LdmStage(Stage):
         missing = [n for n in self.requires if n not in self.frozen]
         if missing:
             raise ValueError(f"ldm stage needs frozen models: {', '.join(missing)}")
-        self.weights = check_loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
+        self.weights = loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
         rec, vae, voc = self.frozen["recovery"], self.frozen["autoencoder"], self.frozen.get("vocoder")
         check_compatible(cfg, rec, vae, voc)
         self.recovery = rec.network.to(device).eval().requires_grad_(False)

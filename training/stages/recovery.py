@@ -25,6 +25,7 @@ from torch import nn
 
 from training.config import StageConfig
 from training.features import ComplexSTFT
+from training.losses import loss_weights
 from training.models import build
 from training.stages.base import EvalResult, Example, Optimizers, Stage, unwrap
 
@@ -41,18 +42,6 @@ def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -
     return (10 * torch.log10((target.square().sum(-1) + eps) / (noise.square().sum(-1) + eps))).float()
 
 
-def check_loss_weights(stage: str, weights: dict[str, float], known: dict[str, float]) -> dict[str, float]:
-    """Defaults overridden by ``train.loss``; an unknown name is a ConfigError naming it."""
-    from datasets.config import ConfigError
-
-    unknown = sorted(set(weights) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"train.loss: unknown loss weight(s) {', '.join(unknown)} for stage {stage}; known: {', '.join(known)}"
-        )
-    return {**known, **weights}
-
-
 def enhance(network: nn.Module, stft: ComplexSTFT, degraded_16k: torch.Tensor) -> torch.Tensor:
     """Run the recovery network on 16 kHz waveforms ``(batch, samples)``; returns the same shape."""
     spec = stft(degraded_16k)
@@ -67,7 +56,7 @@ class RecoveryStage(Stage):
 
     def __init__(self, cfg: StageConfig, device: torch.device, frozen: dict | None = None) -> None:
         super().__init__(cfg, device, frozen)
-        self.weights = check_loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
+        self.weights = loss_weights(self.name, cfg.train.loss, LOSS_WEIGHTS)
         self.network = build(cfg).to(device)
         self.stft = ComplexSTFT(cfg.features.stft).to(device)
 
