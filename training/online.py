@@ -293,6 +293,11 @@ class _ShardStream:
             self.last = batch
             return batch
 
+    def close(self) -> None:
+        close = getattr(self.batches, "close", None)
+        if close is not None:
+            close()
+
     def _top_up(self, batch: dict, spec: DataSpec) -> dict:
         # a short final batch: repeat its rows so every batch has batch_size rows
         idx = np.arange(spec.batch_size) % len(batch["key"])
@@ -307,17 +312,14 @@ def close_streams() -> None:
     """Close the held shard streams (before ``ray.shutdown()``: a stream closed after it would try to reach Ray
     from the garbage collector at interpreter exit)."""
     while _STREAMS:
-        _, (_, stream) = _STREAMS.popitem()
-        close = getattr(stream.batches, "close", None)
-        if close is not None:
-            close()
+        _STREAMS.popitem()[1][1].close()
 
 
 def _stream(shard: Any, spec: DataSpec) -> _ShardStream:
     held = _STREAMS.get(id(shard))
     if held is None or held[0] is not shard:  # the shard is kept alive with its stream, so ids stay unique
         while len(_STREAMS) >= _MAX_STREAMS:
-            _STREAMS.pop(next(iter(_STREAMS)))
+            _STREAMS.pop(next(iter(_STREAMS)))[1].close()
         held = (shard, _ShardStream(shard, spec))
         _STREAMS[id(shard)] = held
     return held[1]
