@@ -341,14 +341,15 @@ def latest_checkpoint(run_dir: str) -> dict | None:
 
 
 # ----- models -----------------------------------------------------------------------------------------------------
-def _model_stage(meta_bytes: bytes, where: str) -> str:
+def _model_meta(meta_bytes: bytes, where: str) -> dict:
+    """A model directory's ``model.json`` (DataError unless it is a JSON object with a ``stage``)."""
     try:
         meta = json.loads(meta_bytes)
     except ValueError as e:
         raise DataError(f"{where}/model.json: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or "stage" not in meta:
         raise DataError(f"{where}/model.json: no 'stage' (not a hires model directory)")
-    return str(meta["stage"])
+    return meta
 
 
 def _download_into(uri: str, tracking_uri: str | None, target: str) -> None:
@@ -367,12 +368,14 @@ def _download_into(uri: str, tracking_uri: str | None, target: str) -> None:
 def resolve_models(p: Prepared) -> dict[str, str | None]:
     """MODEL arguments -> directories the workers can read; roles checked against the stage (``--init``: the
     trained stage; ``--recovery``: a recovery model, ...). ``models:/`` URIs are downloaded into
-    ``run_dir/inputs/<role>/`` on the driver."""
+    ``run_dir/inputs/<role>/`` on the driver. Each ``model.json`` is read once, here, and also serves
+    :func:`check_frozen_models`."""
     from training.stages import get_stage
 
     stage_cls = get_stage(p.request.stage)
     usable = set(stage_cls.requires) | set(getattr(stage_cls, "optional", ())) | {"init"}
     resolved: dict[str, str | None] = {role: None for role in MODEL_ROLES}
+    metas: dict[str, dict] = {}
     for role, value in p.request.models.items():
         if not value:
             continue
@@ -392,7 +395,8 @@ def resolve_models(p: Prepared) -> dict[str, str | None]:
         meta = storage.join(path, "model.json")
         if not storage.exists(meta):
             raise DataError(f"--{role} {value}: not a model directory (no model.json)")
-        stage = _model_stage(storage.read_bytes(meta), value)
+        metas[role] = _model_meta(storage.read_bytes(meta), value)
+        stage = str(metas[role]["stage"])
         expected = p.request.stage if role == "init" else role
         if stage != expected:
             raise IncompatibleError(f"--{role} {value} is a {stage} model, expected a {expected} model")
@@ -403,12 +407,13 @@ def resolve_models(p: Prepared) -> dict[str, str | None]:
             f"stage {p.request.stage} needs a trained {' and '.join(missing)} model: pass "
             + " ".join(f"--{r} MODEL" for r in missing)
         )
+    check_frozen_models(p, resolved, metas)
     return resolved
 
 
-def check_frozen_models(p: Prepared, models: dict[str, str | None]) -> None:
+def check_frozen_models(p: Prepared, models: dict[str, str | None], metas: dict[str, dict]) -> None:
     """The ldm's cross-stage checks (latent layout, mel settings) on the driver, from the models' ``model.json``
-    alone (no weights), so a mismatch is a one-line error before any worker starts."""
+    (``metas``, by role) alone (no weights), so a mismatch is a one-line error before any worker starts."""
     if p.request.stage != "ldm":
         return
     from types import SimpleNamespace
@@ -422,11 +427,8 @@ def check_frozen_models(p: Prepared, models: dict[str, str | None]) -> None:
         if not path:
             described[role] = None
             continue
+        meta = metas[role]
         where = storage.join(path, "model.json")
-        try:
-            meta = json.loads(storage.read_bytes(where))
-        except ValueError as e:
-            raise DataError(f"{where}: not valid JSON ({e})") from None
         described[role] = SimpleNamespace(
             stage=meta.get("stage"), config=stage_config_of(meta.get("config"), where), source=path
         )
@@ -579,8 +581,7 @@ def run_training(
         summary.wall_s = time.monotonic() - t0
         return summary
 
-    models = resolve_models(p)  # before Ray: a wrong or missing model fails in seconds
-    check_frozen_models(p, models)
+    models = resolve_models(p)  # before Ray: a wrong, missing or mismatched model fails in seconds
     before = latest_checkpoint(p.run_dir)
     summary.resumed_from = int(before["step"]) if before and "step" in before else None
 
