@@ -435,6 +435,14 @@ def _margin(spec: DataSpec) -> int:
     return RESAMPLE_CONTEXT if any(s.endswith("_16k") for s in spec.streams) else 0
 
 
+def _window_bounds(
+    length: int, valid: int, spec: DataSpec, rng: np.random.Generator | None
+) -> tuple[int, int]:
+    """``(start, stop)`` of the crop with its resampling context; may reach outside ``0..length``."""
+    offset = _crop_offset(length, valid, spec.crop_samples, rng)
+    return offset - _margin(spec), offset + spec.crop_samples + _margin(spec)
+
+
 def prepare_window(clean: np.ndarray, degraded: np.ndarray, spec: DataSpec) -> dict[str, np.ndarray]:
     """The arrays of ``spec.streams`` from a crop with its resampling context: ``clean``/``degraded`` hold
     ``crop_samples`` plus the context (:data:`RESAMPLE_CONTEXT` each side when a 16 kHz stream is asked for,
@@ -466,8 +474,7 @@ def prepare_pair(
     ``rng`` draws the crop offset (``None``: offset 0, for evaluation). Online mode uses it; the shard loader
     decodes only the window (:func:`_decode_window`) and gets the same arrays.
     """
-    offset = _crop_offset(len(clean), int(valid), spec.crop_samples, rng)
-    start, stop = offset - _margin(spec), offset + spec.crop_samples + _margin(spec)
+    start, stop = _window_bounds(len(clean), int(valid), spec, rng)
     return prepare_window(_window(clean, start, stop), _window(degraded, start, stop), spec)
 
 
@@ -511,8 +518,7 @@ def _decode_window(
                 f"{where}: clean is {length} samples, degraded {files[1].frames}"
             )
         valid = int(meta.get("valid") or length)
-        offset = _crop_offset(length, valid, spec.crop_samples, rng)
-        start, stop = offset - _margin(spec), offset + spec.crop_samples + _margin(spec)
+        start, stop = _window_bounds(length, valid, spec, rng)
         a, b = max(start, 0), min(stop, length)
         out = []
         for label, f in zip(("clean", "degraded"), files, strict=True):
