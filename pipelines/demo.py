@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from datasets.config import CONFIG_ROOT, ConfigError, StrictModel, load_config
+from datasets.config import CONFIG_ROOT, StrictModel, load_config
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONFIG_ROOT / "demo.yaml"
@@ -55,6 +55,13 @@ class DemoTrain(StrictModel):
     workers: int = Field(2, ge=1)
     steps: int = Field(20, ge=1)
     crop_seconds: float = Field(0.5, gt=0)
+
+    @field_validator("stages")
+    @classmethod
+    def _ldm_needs_its_frozen_models(cls, stages: list[str]) -> list[str]:
+        if "ldm" in stages and not {"recovery", "autoencoder"} <= set(stages):
+            raise ValueError("ldm needs recovery and autoencoder before it")
+        return stages
 
 
 class DemoConfig(StrictModel):
@@ -166,8 +173,6 @@ def train_demo_stages(
     from training.launcher import TrainRequest, run_training
 
     t = cfg.train
-    if "ldm" in t.stages and not {"recovery", "autoencoder"} <= set(t.stages):
-        raise ConfigError(f"{DEFAULT_CONFIG}: train.stages: ldm needs recovery and autoencoder before it")
     started, _ = init_ray(None, num_cpus, quiet=not progress)
     models: dict[str, str | None] = {}
     try:
