@@ -36,7 +36,7 @@ from datasets import storage
 from datasets.audio import is_uri
 from datasets.config import canonical_json
 from datasets.errors import DataError, IncompatibleError, UsageError
-from datasets.shards import FORMAT_VERSION, index_bytes, index_path, shard_name
+from datasets.shards import FORMAT_VERSION, INDEX_FILE, SHARDS_DIR, index_bytes, index_path, shard_name
 from datasets.synth_config import SynthConfig, output_sha256
 from datasets.synth_plan import (
     PLAN_FILE,
@@ -53,7 +53,7 @@ from pipelines.synth_shard import RenderContext, render_shard
 
 log = logging.getLogger(__name__)
 
-RUN_PARTS = ("index.json", PLAN_FILE, "shards", "state", "tmp")
+RUN_PARTS = (INDEX_FILE, PLAN_FILE, SHARDS_DIR, "state", "tmp")
 
 
 @dataclass
@@ -103,7 +103,7 @@ def check_existing(out: str, identity: dict, force: bool) -> None:
         index = json.loads(storage.read_bytes(index_path(out)))
         previous = {k: index.get(k) for k in identity}
     if previous is None:
-        if storage.listdir(storage.join(out, "shards")) and not force:
+        if storage.listdir(storage.join(out, SHARDS_DIR)) and not force:
             raise FileExistsError(f"{out}: has shards/ but no plan.parquet; use --force to replace it")
     else:
         detail = _differences(previous, identity)
