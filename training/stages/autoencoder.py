@@ -12,7 +12,8 @@ same objective; it costs one all-reduce of a scalar per step once the GAN is on.
 Before the start step the discriminator is neither run nor updated (AudioLDM multiplies its loss by 0 instead).
 The loop steps the optimisers after the whole step, so the generator's adversarial term sees the discriminator
 of before this step's update (AudioLDM steps the discriminator first).
-Evaluation encodes full-length clean mels to the posterior mode and reports the mel L1 of the reconstruction.
+Evaluation encodes the clean mels of the evaluation crops (each sample's first ``crop_samples``) to the posterior
+mode and reports the mel L1 of the reconstruction.
 The stage has no vocoder, so examples carry the reconstructed log-mel (``Example.output_mel``) and no output
 wave (a Griffin-Lim preview would mostly show Griffin-Lim's own artefacts).
 """

@@ -78,7 +78,7 @@ def frozen_params(module: nn.Module) -> Iterator[None]:
 
 
 class Stage(ABC):
-    """Base of the four stages; subclasses register with :func:`training.stages.register`."""
+    """Base of the four stages; each module defines ``STAGE`` and is listed by name in :mod:`training.stages`."""
 
     name: ClassVar[str]
     streams: ClassVar[tuple[str, ...]]

@@ -10,7 +10,8 @@ of before this step's update (HiFi-GAN steps the discriminator first); the real 
 discriminator pass are therefore reused as the feature-matching targets.
 
 Crops are whole mel hops (``k * 480`` samples): the generator turns ``k`` frames into exactly the crop.
-Evaluation vocodes full-length clean samples and reports the mel L1 and the multi-resolution STFT distance.
+Evaluation vocodes the evaluation crops (each sample's first ``crop_samples``) and reports the mel L1 and the
+multi-resolution STFT distance.
 """
 
 from __future__ import annotations
