@@ -359,19 +359,20 @@ def _render_all(specs, ctx: RenderContext, cpus: float, progress: bool, on_shard
     total = sum(s["planned"] for s in specs)
     entries: list[dict] = []
     start = time.perf_counter()
-    rendered_s = 0.0
+    rendered_s, kept = 0.0, 0
     with tqdm(total=total, unit="sample", disable=not progress, dynamic_ncols=True, desc="synth") as bar:
         for row in ds.iter_rows():
             entry = dict(row)
             entry["rejects"] = json.loads(entry["rejects"])
             entries.append(entry)
-            if not entry["kept"]:
+            if entry["kept"]:
+                kept += 1
+            else:
                 rendered_s += entry["seconds"]
             elapsed = time.perf_counter() - start
             bar.update(entry["samples"] + len(entry["rejects"]))
             bar.set_postfix_str(
-                f"{rendered_s / 3600:.2f} h rendered, {rendered_s / max(elapsed, 1e-9):.0f}x RT, "
-                f"{sum(e['kept'] for e in entries)} kept"
+                f"{rendered_s / 3600:.2f} h rendered, {rendered_s / max(elapsed, 1e-9):.0f}x RT, {kept} kept"
             )
             if on_shard is not None:
                 on_shard(entry)
