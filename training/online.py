@@ -204,6 +204,11 @@ def render_row(spec: DataSpec, row: dict, epoch: int) -> dict | None:
     }
 
 
+def _stream_lengths(spec: DataSpec) -> dict[str, int]:
+    """Samples per prepared stream: the crop at 48 kHz, a third of it at 16 kHz."""
+    return {s: spec.crop_samples // (3 if s.endswith("_16k") else 1) for s in spec.streams}
+
+
 def _render_batch(batch: dict[str, np.ndarray], spec: DataSpec, start_epoch: int, prepare: bool) -> dict:
     n = train_samples(spec)
     out: dict[str, list] = {}
@@ -222,10 +227,7 @@ def _render_batch(batch: dict[str, np.ndarray], spec: DataSpec, start_epoch: int
             out.setdefault(k, []).append(v)
     if not out:  # every source of the block failed: no rows, but the columns of a full batch
         if prepare:
-            cols = {
-                s: np.zeros((0, spec.crop_samples // (3 if s.endswith("_16k") else 1)), np.float32)
-                for s in spec.streams
-            }
+            cols = {s: np.zeros((0, t), np.float32) for s, t in _stream_lengths(spec).items()}
         else:
             samples = _synth_for(spec)[0].segment.samples
             cols = {
@@ -340,7 +342,7 @@ def online_train_batches(
     stats.setdefault("skipped", 0)
     stats.setdefault("samples", 0)
     stream = _stream(dataset_shard, spec)
-    lengths = {s: spec.crop_samples // (3 if s.endswith("_16k") else 1) for s in spec.streams}
+    lengths = _stream_lengths(spec)
     for _ in range(count):
         batch = stream.next_batch(spec, stats)
         if any(s not in batch or batch[s].shape[-1] != t for s, t in lengths.items()):
