@@ -323,7 +323,6 @@ def _render(
     ]
     ctx = RenderContext(
         out=out,
-        plan_path=storage.join(out, PLAN_FILE),
         noise_manifest=manifests["noise"],
         rir_manifest=manifests["rir"],
         cfg=cfg,

@@ -22,7 +22,7 @@ from datasets import storage
 from datasets.audio import is_uri
 from datasets.shards import shard_path
 from datasets.synth_config import SynthConfig
-from datasets.synth_plan import read_plan_shard
+from datasets.synth_plan import PLAN_FILE, read_plan_shard
 from datasets.synth_render import cached_banks, render_shard_bytes
 
 
@@ -32,12 +32,15 @@ class RenderContext:
     ``shards.samples_per_shard``."""
 
     out: str
-    plan_path: str
     noise_manifest: str
     rir_manifest: str
     cfg: SynthConfig
     seed: int
     code_version: str
+
+    @property
+    def plan_path(self) -> str:
+        return storage.join(self.out, PLAN_FILE)
 
 
 def state_path(out: str, name: str) -> str:
