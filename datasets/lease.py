@@ -54,9 +54,8 @@ LEASE_NAME = ".lease.json"
 LOCK_NAME = ".lease.lock"  # only on filesystems that cannot lock a directory (NFS)
 DEFAULT_STALE_AFTER_S = 300.0
 DEFAULT_HEARTBEAT_S = 30.0
-_ATTEMPTS = (
-    5  # compare-and-swap rounds before giving up (each lost round means another run changed the lease)
-)
+# compare-and-swap rounds before giving up (each lost round means another run changed the lease)
+_ATTEMPTS = 5
 
 
 class LeaseHeldError(HiresError):
