@@ -64,6 +64,13 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def float32_log_mel(mel: nn.Module, wave: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``mel(wave)`` in float32 even under the loop's bf16 autocast: the filterbank matmul would otherwise round
+    a loss target or a VAE input."""
+    with torch.autocast(device.type, enabled=False):
+        return mel(wave.float())
+
+
 @contextlib.contextmanager
 def frozen_params(module: nn.Module) -> Iterator[None]:
     """Temporarily stop gradients into ``module``'s parameters (e.g. the discriminator in a generator step)."""

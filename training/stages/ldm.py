@@ -36,7 +36,7 @@ from training.features import ComplexSTFT, LogMel, resample
 from training.losses import loss_weights
 from training.models import build
 from training.models.diffusion import GaussianDiffusion
-from training.stages.base import EvalResult, Example, Optimizers, Stage, unwrap
+from training.stages.base import EvalResult, Example, Optimizers, Stage, float32_log_mel, unwrap
 from training.stages.recovery import enhance
 
 LOSS_WEIGHTS = {"diffusion": 1.0}
@@ -148,9 +148,7 @@ class LdmStage(Stage):
         return F.pad(up, (0, max(samples - up.shape[-1], 0)))[..., :samples]
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        # float32 even under the loop's bf16 autocast: the filterbank matmul would round the VAE's input
-        with torch.autocast(self.device.type, enabled=False):
-            return self.mel(wave.float())
+        return float32_log_mel(self.mel, wave, self.device)
 
     @torch.no_grad()
     def raw_latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

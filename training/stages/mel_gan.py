@@ -15,7 +15,7 @@ from torch import nn
 from training.config import StageConfig
 from training.features import LogMel
 from training.models import registry
-from training.stages.base import Example, Stage
+from training.stages.base import Example, Stage, float32_log_mel
 
 
 class MelGanStage(Stage):
@@ -43,9 +43,7 @@ class MelGanStage(Stage):
         return self.ddp.get(name, self.networks[name])
 
     def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        # float32 even under the loop's bf16 autocast: the filterbank matmul would otherwise round the loss target
-        with torch.autocast(self.device.type, enabled=False):
-            return self.mel(wave.float())
+        return float32_log_mel(self.mel, wave, self.device)
 
     def _add_examples(
         self,
