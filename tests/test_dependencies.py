@@ -24,6 +24,7 @@ INDIRECT: dict[str, str] = {
     "pandas": "pyarrow's Table.to_pandas(): manifests are read as DataFrames (datasets/manifest.py)",
     "s3fs": "fsspec's implementation of s3:// URIs, which datasets/storage.py and datasets/audio.py open",
     "ray[default]": "Ray's dashboard and job server: `ray start --head` and `ray job submit` (README)",
+    "onnxruntime": "runs the DNSMOS models of speechmos, which declares no dependencies (training/metrics.py)",
 }
 # modules whose import shows that an extra of a dependency is used
 EXTRA_MODULES = {"ray[data]": "ray.data", "ray[train]": "ray.train"}
