@@ -212,11 +212,20 @@ def make_demo_corpus(
     speakers: int = 8,
     espeak: bool = False,
     progress: bool = True,
+    valid_speakers: int = 0,
+    test_speakers: int = 0,
 ) -> Path:
     """Write ``minutes`` of demo speech as 48 kHz 24-bit FLAC under ``out_dir/spkNN/`` and its manifest.
 
     Deterministic: the same (minutes, seed, speakers) give the same bytes. Returns the manifest path.
+    With ``valid_speakers``/``test_speakers`` above 0 the last speakers are held out (test last, valid before
+    it) and the others train; otherwise the scan's hash split stands, which leaves a few speakers all in train.
     """
+    if valid_speakers < 0 or test_speakers < 0 or valid_speakers + test_speakers >= speakers:
+        raise ValueError(
+            f"valid_speakers {valid_speakers} + test_speakers {test_speakers} must leave at least one of the "
+            f"{speakers} speakers for training"
+        )
     from tqdm import tqdm
 
     from datasets.scan import scan_to_manifest
@@ -245,4 +254,27 @@ def make_demo_corpus(
         _espeak_utterances(out_dir, seed)
     manifest = out_dir / "manifest.parquet"
     scan_to_manifest([out_dir], manifest, kind="speech", name="demo", progress=False)
+    if valid_speakers or test_speakers:
+        names = [s.name for s in spks]
+        held = {n: "test" for n in names[len(names) - test_speakers :]}
+        held.update(
+            {
+                n: "valid"
+                for n in names[len(names) - test_speakers - valid_speakers : len(names) - test_speakers]
+            }
+        )
+        assign_speaker_splits(manifest, held)
     return manifest
+
+
+def assign_speaker_splits(manifest: Path, held_out: dict[str, str]) -> None:
+    """Rewrite a manifest's ``split`` column: speakers named in ``held_out`` get their split, the rest train."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest)
+    splits = pa.array([held_out.get(s, "train") for s in table.column("speaker").to_pylist()], pa.string())
+    table = table.set_column(table.schema.get_field_index("split"), table.schema.field("split"), splits)
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(manifest)

@@ -9,13 +9,16 @@ MLflow store (``OUT/train/mlflow.db``).
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from datasets.config import CONFIG_ROOT, StrictModel, load_config
 
@@ -26,6 +29,17 @@ DEFAULT_CONFIG = CONFIG_ROOT / "demo.yaml"
 class DemoCorpus(StrictModel):
     minutes: float = Field(3.0, gt=0)
     speakers: int = Field(8, ge=1)
+    valid_speakers: int = Field(1, ge=0)  # held out for the training runs' evaluation
+    test_speakers: int = Field(1, ge=0)  # held out for the final evaluation of the restorer
+
+    @model_validator(mode="after")
+    def _some_speakers_train(self) -> DemoCorpus:
+        if self.valid_speakers + self.test_speakers >= self.speakers:
+            raise ValueError(
+                f"valid_speakers + test_speakers ({self.valid_speakers} + {self.test_speakers}) must leave at "
+                f"least one of the {self.speakers} speakers for training"
+            )
+        return self
 
 
 class DemoNoise(StrictModel):
@@ -55,6 +69,9 @@ class DemoTrain(StrictModel):
     workers: int = Field(2, ge=1)
     steps: int = Field(20, ge=1)
     crop_seconds: float = Field(0.5, gt=0)
+    # per stage: steps and config overrides that replace the defaults above for that stage
+    stage_steps: dict[Literal["recovery", "autoencoder", "vocoder", "ldm"], int] = {}
+    stage_overrides: dict[Literal["recovery", "autoencoder", "vocoder", "ldm"], dict[str, Any]] = {}
 
     @field_validator("stages")
     @classmethod
@@ -102,42 +119,58 @@ def run_demo(
     result = DemoResult(out=out)
 
     t = time.perf_counter()
-    clean = make_demo_corpus(
+    corpus_params = {
+        "minutes": cfg.corpus.minutes,
+        "seed": cfg.seed,
+        "speakers": cfg.corpus.speakers,
+        "valid_speakers": cfg.corpus.valid_speakers,
+        "test_speakers": cfg.corpus.test_speakers,
+    }
+    clean, reused = generated(
         out / "corpus",
-        minutes=cfg.corpus.minutes,
-        seed=cfg.seed,
-        speakers=cfg.corpus.speakers,
-        progress=progress,
+        "datasets.demo",
+        corpus_params,
+        lambda folder: make_demo_corpus(folder, progress=progress, **corpus_params),
     )
     df = read_manifest(clean)
     result.steps["corpus"] = {
         "path": str(clean),
         "files": len(df),
-        "speakers": int(df.speaker.nunique()),
+        "speakers": ", ".join(f"{split} {n}" for split, n in df.groupby("split").speaker.nunique().items()),
         "minutes": round(float(df.duration_s.sum()) / 60, 2),
-        "seconds_taken": round(time.perf_counter() - t, 1),
+        "seconds_taken": "reused" if reused else round(time.perf_counter() - t, 1),
     }
 
     t = time.perf_counter()
-    noise = make_noise_bank(
-        out / "banks" / "noise", minutes=cfg.noise.minutes, seed=cfg.seed, progress=progress
+    noise_params = {"minutes": cfg.noise.minutes, "seed": cfg.seed}
+    noise, reused = generated(
+        out / "banks" / "noise",
+        "datasets.banks",
+        noise_params,
+        lambda folder: make_noise_bank(folder, progress=progress, **noise_params),
     )
     df = read_manifest(noise)
     result.steps["noise"] = {
         "path": str(noise),
         "files": len(df),
         "types": int(df.noise_type.nunique()),
-        "seconds_taken": round(time.perf_counter() - t, 1),
+        "seconds_taken": "reused" if reused else round(time.perf_counter() - t, 1),
     }
 
     t = time.perf_counter()
-    rir = make_rir_bank(out / "banks" / "rir", count=cfg.rir.count, seed=cfg.seed, progress=progress)
+    rir_params = {"count": cfg.rir.count, "seed": cfg.seed}
+    rir, reused = generated(
+        out / "banks" / "rir",
+        "datasets.banks",
+        rir_params,
+        lambda folder: make_rir_bank(folder, progress=progress, **rir_params),
+    )
     df = read_manifest(rir)
     result.steps["rir"] = {
         "path": str(rir),
         "rooms": len(df),
         "rt60_s": f"{df.rt60.min():.2f}-{df.rt60.max():.2f}",
-        "seconds_taken": round(time.perf_counter() - t, 1),
+        "seconds_taken": "reused" if reused else round(time.perf_counter() - t, 1),
     }
 
     synth_cfg = load_synth_config(
@@ -155,11 +188,41 @@ def run_demo(
         "shards": summary.shards,
         "samples": summary.samples,
         "hours": round(summary.hours, 4),
-        "x_realtime_per_core": round(summary.x_realtime_per_core, 1),
+        # a rerun keeps every complete shard: there is no rendering speed to report then
+        "x_realtime_per_core": round(summary.x_realtime_per_core, 1) if summary.rendered else "all kept",
     }
     if cfg.train.enabled and cfg.train.stages:
         train_demo_stages(out / "shards", out / "train", cfg, result, num_cpus=num_cpus, progress=progress)
     return result
+
+
+STAMP = "demo-stamp.json"
+
+
+def generated(
+    folder: Path, generator_module: str, params: dict[str, Any], make: Callable[[Path], Path]
+) -> tuple[Path, bool]:
+    """The manifest ``make(folder)`` writes, reused when ``folder`` already holds one generated with the same
+    parameters by the same generator code (``STAMP`` records both); otherwise the folder is generated anew.
+
+    Returns ``(manifest, reused)``. The folder belongs to the demo: a stale one is removed before regenerating,
+    so files of an earlier, larger run never leak into the new manifest.
+    """
+    from datasets.code_version import code_version
+
+    stamp = {"params": params, "code_version": code_version([generator_module])}
+    stamp_path = folder / STAMP
+    manifest = folder / "manifest.parquet"
+    try:
+        if manifest.is_file() and json.loads(stamp_path.read_text()) == stamp:
+            return manifest, True
+    except (OSError, ValueError):
+        pass
+    if folder.exists():
+        shutil.rmtree(folder)
+    manifest = make(folder)
+    stamp_path.write_text(json.dumps(stamp, sort_keys=True) + "\n")
+    return manifest, False
 
 
 def train_demo_stages(
@@ -183,9 +246,9 @@ def train_demo_stages(
                 out=str(out),
                 shards=str(shards),
                 config=t.config,
-                overrides={"train.crop_seconds": t.crop_seconds},
+                overrides={"train.crop_seconds": t.crop_seconds, **t.stage_overrides.get(stage, {})},
                 workers=t.workers,
-                steps=t.steps,
+                steps=t.stage_steps.get(stage, t.steps),
                 seed=cfg.seed,
                 models={"recovery": models.get("recovery"), "autoencoder": models.get("autoencoder")}
                 if stage == "ldm"

@@ -244,3 +244,14 @@ def test_stage_config_pickles_and_round_trips(tiny_configs):
         assert pickle.loads(pickle.dumps(cfg)) == cfg
         again = StageConfig.model_validate(cfg.model_dump(mode="json"))
         assert again == cfg and type(again.model) is type(cfg.model)
+
+
+def test_residual_ncsnpp_starts_as_the_identity_and_learns_a_correction():
+    net = NCSNppM(NCSNppConfig(nf=8, ch_mult=[1, 2], norm_groups=2, residual=True))
+    x = torch.randn(2, 2, 33, 21)  # sizes that need padding inside
+    assert torch.equal(net(x), x)
+    loss = (net(x) - 0.5 * x).square().mean()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with pytest.raises(ValueError, match="in_channels == out_channels"):
+        NCSNppConfig(in_channels=4, out_channels=2, residual=True)

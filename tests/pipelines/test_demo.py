@@ -1,0 +1,54 @@
+"""The demo's own parts: held-out speakers in the demo corpus, and reuse of generated inputs on a rerun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from datasets.demo import make_demo_corpus
+from datasets.manifest import read_manifest
+from pipelines.demo import DemoCorpus, generated
+
+
+def test_demo_corpus_holds_valid_and_test_speakers(tmp_path):
+    manifest = make_demo_corpus(
+        tmp_path, minutes=0.7, seed=0, speakers=4, valid_speakers=1, test_speakers=1, progress=False
+    )
+    by_split = read_manifest(manifest).groupby("split").speaker.unique().to_dict()
+    assert sorted(by_split) == ["test", "train", "valid"]
+    assert list(by_split["test"]) == ["spk03"] and list(by_split["valid"]) == ["spk02"]
+    assert sorted(by_split["train"]) == ["spk00", "spk01"]
+
+
+def test_held_out_speakers_must_leave_some_for_training(tmp_path):
+    with pytest.raises(ValueError, match="at least one"):
+        make_demo_corpus(tmp_path, minutes=0.1, speakers=2, valid_speakers=1, test_speakers=1, progress=False)
+    with pytest.raises(ValueError, match="at least one"):
+        DemoCorpus(speakers=2, valid_speakers=1, test_speakers=1)
+
+
+def test_generated_inputs_are_reused_until_their_parameters_change(tmp_path):
+    calls = []
+
+    def make(folder: Path, files: int) -> Path:
+        calls.append(files)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(files):
+            (folder / f"f{i}.txt").write_text("x")
+        (folder / "manifest.parquet").write_text(str(files))
+        return folder / "manifest.parquet"
+
+    folder = tmp_path / "corpus"
+    _, reused = generated(folder, "datasets.demo", {"files": 3}, lambda f: make(f, 3))
+    assert not reused
+    _, reused = generated(folder, "datasets.demo", {"files": 3}, lambda f: make(f, 3))
+    assert reused and calls == [3]
+    # other parameters: generated anew, and nothing of the larger earlier run is left behind
+    _, reused = generated(folder, "datasets.demo", {"files": 1}, lambda f: make(f, 1))
+    assert not reused and calls == [3, 1]
+    assert sorted(p.name for p in folder.glob("f*.txt")) == ["f0.txt"]
+    # an interrupted generation (manifest without stamp) is not trusted
+    (folder / "demo-stamp.json").unlink()
+    _, reused = generated(folder, "datasets.demo", {"files": 1}, lambda f: make(f, 1))
+    assert not reused and calls == [3, 1, 1]
