@@ -129,8 +129,37 @@ def _frozen_models(config: str, root: Path) -> dict[str, str]:
     return dirs
 
 
+def init_single_process_group(device: torch.device) -> str:
+    """A one-rank process group on ``device`` (nccl on a GPU, gloo on the CPU) on a free loopback port."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    return backend
+
+
+def ddp_wrapper(device: torch.device):
+    """What ``ray.train.torch.prepare_model`` does on a worker: move to the device and wrap in DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    def prepare(module: torch.nn.Module) -> torch.nn.Module:
+        module = module.to(device)
+        if not any(p.requires_grad for p in module.parameters()):
+            return module
+        return DistributedDataParallel(
+            module, device_ids=[device.index or 0] if device.type == "cuda" else None
+        )
+
+    return prepare
+
+
 def bench_in_process(
-    stage: str, config: str, device: torch.device, steps: int, batch_size: int | None
+    stage: str, config: str, device: torch.device, steps: int, batch_size: int | None, ddp: bool = False
 ) -> dict:
     from training.config import load_stage_config
     from training.loop import Context, _NullLogger, run
@@ -169,7 +198,7 @@ def bench_in_process(
             device=device,
             train_batches=train_batches,
             eval_batches=eval_batches,
-            prepare_model=lambda m: m,
+            prepare_model=ddp_wrapper(device) if ddp else (lambda m: m),
             report=lambda metrics_, state: None,
             load_checkpoint=lambda: None,
             logger=Logger(),
@@ -191,6 +220,7 @@ def bench_in_process(
         "batch_size": batch,
         "crop_samples": t.crop_samples,
         "steps": steps,
+        "ddp": ddp,
         "samples_per_s": round(window.get("samples_per_s", 0.0), 3),
         "wall_s": round(wall, 1),
     }
@@ -220,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Train worker counts")
     parser.add_argument("--device", default="cpu", help="in-process device: cpu or cuda")
     parser.add_argument("--skip-ray", action="store_true", help="only the in-process measurement")
+    parser.add_argument(
+        "--ddp",
+        action="store_true",
+        help="in-process runs wrap the networks in DDP over a one-rank process group (nccl on a GPU, gloo on "
+        "the CPU): the collective path of a multi-GPU run, on one device",
+    )
     parser.add_argument("--shards", type=Path, help="shard set for the Ray runs (default: a fresh demo set)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -227,11 +263,15 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict = {"benchmark": "train_step", "machine": machine(), "in_process": [], "ray": []}
     device = torch.device(args.device)
+    if args.ddp:
+        report["process_group"] = init_single_process_group(device)
     for stage in args.stages:
-        first = bench_in_process(stage, args.config, device, args.steps, None)
+        first = bench_in_process(stage, args.config, device, args.steps, None, args.ddp)
         report["in_process"].append(first)
         if device.type == "cuda":
-            second = bench_in_process(stage, args.config, device, args.steps, 2 * first["batch_size"])
+            second = bench_in_process(
+                stage, args.config, device, args.steps, 2 * first["batch_size"], args.ddp
+            )
             report["in_process"].append(second)
             first["largest_batch_per_80gb"] = largest_batch(first, second)
     if not args.skip_ray:
@@ -240,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             report["ray"] = bench_ray(
                 shards, Path(tmp) / "train", args.stages, args.workers, args.steps, args.config
             )
+    if args.ddp:
+        torch.distributed.destroy_process_group()
     print(json.dumps(report, indent=1))
     return 0
 
