@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "pipelines.commands.models",
     "pipelines.commands.train",
     "pipelines.commands.demo",
+    "pipelines.commands.restore",
 ]
 
 # ConfigError, UsageError, DataError and IncompatibleError are HiresErrors; the OS errors listed name a path

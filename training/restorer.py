@@ -612,8 +612,7 @@ class Restorer:
             if bad.any():
                 first = pos + int(np.argmax(bad))
                 raise DataError(
-                    f"{name}: {int(bad.sum())} NaN or infinite sample(s) in the first block holding one "
-                    f"(first at {first / sr:.3f} s); not restored"
+                    f"{name}: NaN or infinite samples (the first at {first / sr:.3f} s); not restored"
                 )
             meter.add(x)
             pos += len(x)
@@ -646,6 +645,8 @@ class Restorer:
             raise DataError(f"{src}: file not found")
         if not path.is_file():
             raise DataError(f"{src}: not a file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{src}: empty file (0 bytes)")
         reader_path = None
         if path.suffix.lower() in FFMPEG_EXTENSIONS:
             reader_path = _decode_with_ffmpeg(str(path), tempfile.mkdtemp(prefix="hires-restore-"))

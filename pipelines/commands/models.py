@@ -1,4 +1,5 @@
-"""``hires models summary|list``: check a network config (parameters, shapes) before launching a job."""
+"""``hires models summary|list|bundle``: check a network config (parameters, shapes) before launching a job;
+collect trained stages into a restore bundle."""
 
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing = msub.add_parser("list", help="registered networks and shipped configs per stage (JSON)")
     listing.set_defaults(func=run_list)
 
+    bundle = msub.add_parser(
+        "bundle",
+        help="collect the four trained stages into one bundle folder for hires restore",
+        description="Copy the recovery, autoencoder, vocoder and ldm models (each a model directory, s3:// "
+        "directory or models:/ URI) into OUT/<stage>/ with OUT/bundle.json naming them and their sources. The "
+        "stages are checked compatible first (mel and latent layouts, 16 kHz recovery, the ldm's scale_factor).",
+    )
+    for stage in ("recovery", "autoencoder", "vocoder", "ldm"):
+        bundle.add_argument(f"--{stage}", required=True, metavar="M", help=f"{stage} model")
+    bundle.add_argument(
+        "--out", required=True, metavar="DIR", help="new bundle folder (must not exist or be empty)"
+    )
+    bundle.add_argument("--tracking-uri", metavar="U", help="MLflow registry of models:/ URIs")
+    bundle.set_defaults(func=run_bundle)
+
 
 def run_summary(args: argparse.Namespace) -> int:
     from training.config import load_stage_config
@@ -60,4 +76,19 @@ def run_list(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    from training.restorer import write_bundle
+
+    out = write_bundle(
+        args.out,
+        recovery=args.recovery,
+        autoencoder=args.autoencoder,
+        vocoder=args.vocoder,
+        ldm=args.ldm,
+        tracking_uri=args.tracking_uri,
+    )
+    print(f"bundle written to {out}")
     return 0
