@@ -354,10 +354,14 @@ def _model_meta(meta_bytes: bytes, where: str) -> dict:
 
 def _download_into(uri: str, tracking_uri: str | None, target: str) -> None:
     """Download ``models:/...`` into ``target`` (local or URI); model.json last, so a complete copy has one."""
+    from training.lineage import pin_model_uri, write_source
+
+    pinned = pin_model_uri(uri, tracking_uri)  # an alias may move later: the lineage keeps this version
     with tempfile.TemporaryDirectory(prefix="hires-model-") as tmp:
-        local = tracking.download_model(uri, tracking_uri, dst=tmp)
+        local = tracking.download_model(pinned, tracking_uri, dst=tmp)
         storage.remove(target)
         storage.makedirs(target)
+        write_source(target, uri, pinned)
         files = sorted(
             (f for f in Path(local).iterdir() if f.is_file()), key=lambda f: f.name == "model.json"
         )
@@ -654,6 +658,15 @@ def _register(p: Prepared, run_id: str, model_dir: str, step: int) -> str:
         "step": step,
         "online": canonical_json(p.data["online"]) if p.data.get("online") else None,
     }
+    from training.lineage import parent_references
+
+    # the parent models (hires.parent.<role>): registered versions where they are, for `hires models lineage`
+    try:
+        parents = parent_references(p.request.models, p.run_dir, p.tracking_uri)
+    except Exception as e:  # noqa: BLE001 - lineage is informative: registering the model matters more
+        log.warning("could not resolve the parent models' versions: %s", e)
+        parents = {role: str(v) for role, v in p.request.models.items() if v}
+    lineage.update({f"parent.{role}": ref for role, ref in parents.items()})
     return tracking.log_and_register_model(p.tracking_uri, run_id, p.request.stage, model_dir, lineage)
 
 

@@ -1,11 +1,12 @@
-"""``hires models summary|list|bundle``: check a network config (parameters, shapes) before launching a job;
-collect trained stages into a restore bundle."""
+"""``hires models summary|list|lineage|bundle``: check a network config (parameters, shapes) before launching a
+job; trace what produced a registered model; collect trained stages into a restore bundle."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from datasets.errors import UsageError
 from pipelines.commands import positive_float, positive_int
 
 
@@ -18,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "summary",
         help="parameters and input/output shapes of a stage's network (JSON)",
         description="Build the network named by a stage config on the meta device (no weights are allocated, "
-        "so paper configs are instant) and print its parameter counts and the tensor shapes for one clip.",
+        "so paper configs need no memory; importing torch and tracing the shapes takes a few seconds) and print "
+        "its parameter counts and the tensor shapes for one clip.",
     )
     summary.add_argument("stage", choices=["recovery", "autoencoder", "vocoder", "ldm"])
     summary.add_argument(
@@ -34,6 +36,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     listing = msub.add_parser("list", help="registered networks and shipped configs per stage (JSON)")
     listing.set_defaults(func=run_list)
+
+    lineage = msub.add_parser(
+        "lineage",
+        help="what produced a registered model: its run, config, code, data and parent models",
+        description="Print the chain that produced a registered model version: its training run (and the Ray "
+        "job that ran it), config, code version, shard index and the sha256 of the manifests the shards were "
+        "synthesised from, then the same for its parent models (ldm -> recovery and autoencoder).",
+    )
+    lineage.add_argument(
+        "model", metavar="MODEL", help="models:/hires-STAGE/VERSION or models:/hires-STAGE@ALIAS"
+    )
+    lineage.add_argument(
+        "--tracking-uri",
+        metavar="U",
+        help="MLflow tracking server or database (default: $MLFLOW_TRACKING_URI)",
+    )
+    lineage.add_argument("--json", action="store_true", help="print the lineage as JSON")
+    lineage.set_defaults(func=run_lineage)
 
     bundle = msub.add_parser(
         "bundle",
@@ -91,4 +111,14 @@ def run_bundle(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
     )
     print(f"bundle written to {out}")
+    return 0
+
+
+def run_lineage(args: argparse.Namespace) -> int:
+    from training.lineage import model_lineage
+
+    if not args.model.startswith("models:/"):
+        raise UsageError(f"{args.model}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    lineage = model_lineage(args.model, args.tracking_uri)
+    print(json.dumps(lineage.to_dict(), indent=2) if args.json else "\n".join(lineage.lines()))
     return 0
