@@ -212,7 +212,8 @@ def make_noise_bank(
     clip_seconds: float = 10.0,
     progress: bool = True,
 ) -> Path:
-    """Write about ``minutes`` of noise, evenly over :data:`NOISE_TYPES`, as ``out_dir/<type>/<type>_NNN.flac``."""
+    """Write ``minutes`` of noise, evenly over :data:`NOISE_TYPES`, as ``out_dir/<type>/<type>_NNN.flac``: clips of
+    about ``clip_seconds``, stretched or shortened so that they add up to ``minutes``."""
     from tqdm import tqdm
 
     from datasets.scan import scan_to_manifest
@@ -221,6 +222,7 @@ def make_noise_bank(
         raise ValueError(f"minutes must be positive, got {minutes}")
     out_dir = Path(out_dir)
     per_type = max(1, round(minutes * 60 / clip_seconds / len(NOISE_TYPES)))
+    clip_seconds = minutes * 60 / (per_type * len(NOISE_TYPES))  # the total is what was asked, clips ~equal
     extra: dict[str, dict] = {}
     jobs = [(kind, j) for kind in NOISE_TYPES for j in range(per_type)]
     for kind, j in tqdm(jobs, desc="noise bank", unit="file", disable=not progress, leave=False):

@@ -2,7 +2,8 @@
 
 Every config in the project is a :class:`StrictModel`; :func:`load_config` reads a YAML file into one, applies
 dotted overrides (``{"chain.noise.probability": 0.5}``) from CLI flags, and raises :class:`ConfigError` whose
-message names the file and the dotted field path of every problem.
+message names the file and the dotted field path of every problem. A problem in an overridden field names the
+flag that set it (``--set segment.tail=cut: segment.tail: ...``), not the file.
 """
 
 from __future__ import annotations
@@ -32,18 +33,46 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
-    problems = []
+def override_label(key: str, value: Any) -> str:
+    """How a dotted override is named in errors when its caller gives no flag: the generic ``--set KEY=VALUE``."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"--set {key}={text}"
+
+
+def _problem(e: dict) -> tuple[str, str]:
+    field = ".".join(str(p) for p in e["loc"]) or "<root>"
+    if e["type"] == "extra_forbidden":
+        return field, f"{field}: unknown key"
+    return field, f"{field}: {e['msg']} (got {e.get('input')!r})"
+
+
+def format_validation_error(
+    source: str, err: ValidationError, overrides: Mapping[str, str] | None = None
+) -> str:
+    """One line: every problem with its dotted field. ``overrides`` maps dotted keys set from the command line
+    to the flag that set them: a problem at or under such a key names that flag instead of ``source``, and a
+    problem of a section holding one names both (``FILE with --set ...``)."""
+    overrides = overrides or {}
+    groups: dict[str, list[str]] = {}
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            problems.append(f"{field}: unknown key")
+        field, text = _problem(e)
+        flags = [flag for key, flag in overrides.items() if field == key or field.startswith(key + ".")]
+        if flags:
+            where = flags[0]
         else:
-            problems.append(f"{field}: {e['msg']} (got {e.get('input')!r})")
-    return f"{source}: invalid config: " + "; ".join(problems)
+            inside = [
+                flag for key, flag in overrides.items() if key.startswith(field + ".") or field == "<root>"
+            ]
+            where = (
+                f"{source} with {', '.join(inside)}: invalid config"
+                if inside
+                else f"{source}: invalid config"
+            )
+        groups.setdefault(where, []).append(text)
+    return "; ".join(f"{where}: " + "; ".join(texts) for where, texts in groups.items())
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+def _set_dotted(data: dict, dotted: str, value: Any, label: str | None = None) -> None:
     node = data
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -51,7 +80,7 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {part} is not a section")
+            raise ConfigError(f"{label or 'override ' + dotted}: {part} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -79,23 +108,27 @@ def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     section: str | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> M:
     """Load ``path`` (optional) into ``model``, then apply dotted ``overrides`` (``None`` values are skipped).
 
-    ``section`` picks one top-level key of the file (e.g. ``chain`` out of a synth config).
+    ``section`` picks one top-level key of the file (e.g. ``chain`` out of a synth config). ``flags`` maps an
+    override key to the command-line flag that set it, for error messages (default: ``--set KEY=VALUE``).
     """
     source = str(path) if path is not None else "<defaults>"
     data: dict = read_yaml(path) if path is not None else {}
     if section is not None:
         data = data.get(section) or {}
         source = f"{source}[{section}]"
+    labels: dict[str, str] = {}
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(data, key, value)
+            labels[key] = (flags or {}).get(key) or override_label(key, value)
+            _set_dotted(data, key, value, labels[key])
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(source, e)) from None
+        raise ConfigError(format_validation_error(source, e, labels)) from None
 
 
 def canonical_json(obj: Any) -> str:

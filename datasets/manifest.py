@@ -3,9 +3,12 @@
 Columns (see the README, "Corpora and manifests"): ``id`` (stable, ``[A-Za-z0-9_-]``), ``path`` (absolute
 path or URI), ``sample_rate``, ``channels``, ``frames``, ``duration_s``, ``speaker``, ``corpus``, ``split``,
 ``kind``; RIR manifests add ``rt60``, ``drr``, ``c50``; noise manifests add ``noise_type``. Rows are sorted by
-``id`` and written with a fixed schema, so the same corpus gives the same bytes.
+``id`` and written with a fixed schema, so the same corpus gives the same bytes. How the manifest was made (the
+scan settings that decide its rows, e.g. which VCTK microphone) is stored as JSON in the Parquet metadata under
+``hires`` (:func:`manifest_metadata`).
 
-Rejected files go to ``rejects.jsonl`` beside the manifest: one ``{"path", "reason"}`` object per line.
+Rejected files go to ``NAME.rejects.jsonl`` beside ``NAME.parquet`` (:func:`rejects_path`): one
+``{"path", "reason"}`` object per line.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ KIND_FIELDS = {
 }
 
 _ID_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+METADATA_KEY = b"hires"
+
+
+def rejects_path(manifest: str | Path) -> Path:
+    """Where a manifest's rejects go: ``vctk.parquet`` -> ``vctk.rejects.jsonl`` in the same folder."""
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.stem}.rejects.jsonl")
 
 
 def schema_for(kind: str) -> pa.Schema:
@@ -88,9 +98,14 @@ def assign_split(corpus: str, speaker: str, ratios: tuple[float, float, float]) 
     return "test"
 
 
-def write_manifest(rows: Iterable[dict], path: str | Path, kind: str) -> pa.Table:
-    """Write rows (dicts with the manifest columns) sorted by id; duplicate ids are an error."""
+def write_manifest(
+    rows: Iterable[dict], path: str | Path, kind: str, metadata: dict | None = None
+) -> pa.Table:
+    """Write rows (dicts with the manifest columns) sorted by id; duplicate ids are an error. ``metadata`` (JSON
+    data) is stored in the file (:func:`manifest_metadata` reads it back)."""
     schema = schema_for(kind)
+    if metadata is not None:
+        schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     rows = sorted(rows, key=lambda r: r["id"])
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
@@ -117,20 +132,37 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
     return pq.read_table(pa.BufferReader(read_bytes(path)), columns=columns, use_threads=False)
 
 
-def read_manifest(path: str | Path, kind: str | None = None):
-    """Read a manifest as a pandas DataFrame, checking the required columns (and the kind, when given)."""
+def manifest_metadata(path: str | Path) -> dict:
+    """What :func:`write_manifest` stored with the manifest (``{}`` for a manifest without it)."""
+    import pyarrow.parquet as pq
+
+    from datasets.audio import read_bytes
+
+    meta = pq.read_schema(pa.BufferReader(read_bytes(path))).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+def read_manifest(path: str | Path, kind: str | None = None, what: str | None = None):
+    """Read a manifest as a pandas DataFrame, checking the required columns (and the kind, when given).
+
+    ``what`` (e.g. the flag ``--noise``) starts every error message, so it names where the path came from.
+    """
+    where = f"{what} {path}" if what else str(path)
     try:
         table = read_parquet(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: manifest not found") from None
+        raise FileNotFoundError(f"{where}: manifest not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{where}: is a directory, expected a manifest (.parquet file)") from None
     except Exception as e:
-        raise DataError(f"{path}: not a readable Parquet manifest: {e}") from e
+        raise DataError(f"{where}: not a readable Parquet manifest: {e}") from e
     missing = [f.name for f in BASE_FIELDS if f.name not in table.column_names]
     if missing:
-        raise DataError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+        raise DataError(f"{where}: manifest lacks column(s) {', '.join(missing)}")
     df = table.to_pandas()
     if kind is not None and len(df) and set(df["kind"]) != {kind}:
-        raise DataError(f"{path}: expected a {kind} manifest, found kind(s) {sorted(set(df['kind']))}")
+        found = ", ".join(sorted(set(df["kind"])))
+        raise DataError(f"{where}: expected a {kind} manifest, found kind(s) {found}")
     return df
 
 

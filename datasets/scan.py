@@ -1,8 +1,9 @@
 """Corpus scanning: walk roots, check every audio file, write the manifest and the rejects.
 
 A file is *seen* when its extension is an audio extension (:data:`datasets.audio.AUDIO_EXTENSIONS`); every seen
-file ends up either in the manifest or in ``rejects.jsonl`` with a reason, so accepted + rejected = seen. Nothing
-a single file does (bad header, truncation, NaN, permissions, symlink loop) stops the scan.
+file ends up either in the manifest or in its rejects file (``NAME.rejects.jsonl`` beside ``NAME.parquet``, so
+several manifests share a folder) with a reason, so accepted + rejected = seen. Nothing a single file does (bad
+header, truncation, NaN, permissions, symlink loop) stops the scan.
 
 Checks, in order: readable (permissions, symlink loops), non-empty, header decodes, sample rate at least the
 configured minimum for the kind, then (``verify: full``, the default) the samples are decoded in blocks to catch
@@ -10,7 +11,13 @@ truncated streams, NaN/Inf values and all-silent files. ``verify: header`` reads
 trusted corpora; truncation, NaN and silence then go unnoticed until synthesis, which records them as rejects).
 
 Known layouts get corpus and speaker right (:func:`detect_layout`): VCTK 0.92, EARS, HiFi-TTS; anything else is
-a generic folder whose speaker is the parent directory's name. Scanning is parallel in threads (libsndfile
+a generic folder whose speaker is the parent directory's name. VCTK 0.92 holds every utterance twice (``_mic1``
+and ``_mic2``): ``vctk_mic`` keeps one microphone (default ``mic1``) or both; the files of the other microphone are
+not seen (counted as ``skipped_vctk_mic``), and the choice is recorded in the manifest's metadata.
+
+RIRs (``kind: rir``) are measured while scanned: ``rt60``, ``drr`` and ``c50`` of the first channel, with the
+functions that describe the generated RIR bank (:func:`datasets.banks.rir_metrics`), so rooms can be filtered in
+the manifest. Scanning is parallel in threads (libsndfile
 releases the GIL), so large corpora are I/O bound.
 """
 
@@ -32,8 +39,8 @@ import soundfile as sf
 from pydantic import Field, model_validator
 
 from datasets.audio import AUDIO_EXTENSIONS, AudioError, audio_info, is_uri
-from datasets.config import StrictModel
-from datasets.manifest import assign_split, make_ids, write_manifest, write_rejects
+from datasets.config import StrictModel, load_config
+from datasets.manifest import assign_split, make_ids, rejects_path, write_manifest, write_rejects
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,9 @@ class ScanConfig(StrictModel):
     silence_dbfs: float = Field(-80.0, le=0.0, description="peak below this level counts as all-silent")
     workers: int = Field(16, ge=1, le=256)
     block_frames: int = Field(262144, ge=1024)
+    vctk_mic: Literal["mic1", "mic2", "both"] = Field(
+        "mic1", description="VCTK 0.92 records each utterance with two microphones: keep one, or both"
+    )
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> ScanConfig:
@@ -64,12 +74,36 @@ class ScanConfig(StrictModel):
             )
         return self
 
+    def recorded(self) -> dict:
+        """The settings that decide a manifest's rows (not its speed), as stored in the manifest's metadata."""
+        return self.model_dump(mode="json", exclude={"workers", "block_frames"})
+
+
+class CorpusConfigFile(StrictModel):
+    """The whole of ``configs/corpus.yaml``: an unknown top-level key or a misspelled section is an error."""
+
+    scan: ScanConfig = ScanConfig()
+
+
+def load_scan_config(
+    path: str | Path | None, overrides: dict | None = None, flags: dict[str, str] | None = None
+) -> ScanConfig:
+    """The ``scan`` section of a corpus config with dotted ``overrides`` (keys relative to the section) set from
+    the command line; ``flags`` names the flag of each override for errors."""
+    return load_config(
+        CorpusConfigFile,
+        path,
+        {f"scan.{k}": v for k, v in (overrides or {}).items()},
+        flags={f"scan.{k}": v for k, v in (flags or {}).items()},
+    ).scan
+
 
 @dataclass
 class ScanResult:
     rows: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     ignored: int = 0
+    skipped_vctk_mic: int = 0
 
     @property
     def seen(self) -> int:
@@ -83,6 +117,7 @@ class ScanResult:
             "accepted": len(self.rows),
             "rejected": len(self.rejects),
             "ignored_non_audio": self.ignored,
+            "skipped_vctk_mic": self.skipped_vctk_mic,
             "hours": round(hours, 4),
             "speakers": len({(r["corpus"], r["speaker"]) for r in self.rows}),
             "splits": splits,
@@ -91,6 +126,7 @@ class ScanResult:
 
 # ---------------------------------------------------------------------------------------------------- layouts
 _VCTK_STEM = re.compile(r"^(p\d{3}|s\d)_\d{3}(_mic[12])?$")
+_VCTK_MIC = re.compile(r"_(mic[12])$")
 _HIFITTS_DIR = re.compile(r"^(\d+)_(clean|other)$")
 _EARS_SPEAKER = re.compile(r"^p\d{3}$")
 
@@ -115,6 +151,14 @@ def detect_layout(rel_path: str, root_name: str) -> tuple[str, str]:
     if _EARS_SPEAKER.match(parent) and "ears" in root_name.lower():
         return "ears", parent
     return root_name, parent
+
+
+def keeps_vctk_mic(rel_path: str, root_name: str, mic: str) -> bool:
+    """False for a VCTK recording of the microphone that ``mic`` (``mic1``, ``mic2`` or ``both``) leaves out."""
+    if mic == "both":
+        return True
+    m = _VCTK_MIC.search(Path(rel_path).stem)
+    return m is None or m.group(1) == mic or detect_layout(rel_path, root_name)[0] != "vctk"
 
 
 # ---------------------------------------------------------------------------------------------------- walking
@@ -203,6 +247,22 @@ def check_file(path: str | Path, kind: str, cfg: ScanConfig) -> tuple[dict | Non
     return _verify_samples(spath, info.frames, cfg, result)
 
 
+def measure_rir(path: str, kind: str) -> dict:
+    """``rt60``, ``drr``, ``c50`` of an RIR file (its first channel); ``{}`` for other kinds."""
+    if kind != "rir":
+        return {}
+    from datasets.banks import rir_metrics
+
+    if is_uri(path):
+        from datasets.audio import read_audio
+
+        x, sr = read_audio(path)
+    else:
+        data, sr = sf.read(path, dtype="float64", always_2d=True)
+        x = data[:, 0]
+    return rir_metrics(x, sr)
+
+
 def _verify_samples(path: str, frames: int, cfg: ScanConfig, result: dict) -> tuple[dict | None, str | None]:
     decoded = 0
     peak = 0.0
@@ -249,22 +309,32 @@ def scan(
         if not root.exists():
             raise FileNotFoundError(f"{root}: scan root does not exist")
         if root.is_file():
-            todo.append((root.parent, root))
-            continue
-        for p, audio in iter_candidates(root):
-            if audio:
-                todo.append((root, p))
-            else:
+            candidates: Iterator[tuple[Path, bool]] = iter([(root, True)])
+            root = root.parent
+        else:
+            candidates = iter_candidates(root)
+        for p, audio in candidates:
+            if not audio:
                 result.ignored += 1
+            elif not keeps_vctk_mic(str(p.relative_to(root)), root.name, cfg.vctk_mic):
+                result.skipped_vctk_mic += 1
+            else:
+                todo.append((root, p))
 
     from tqdm import tqdm
 
     def work(item: tuple[Path, Path]):
         root, p = item
         try:
-            return check_file(p, kind, cfg)
+            info, reason = check_file(p, kind, cfg)
         except Exception as e:  # a single file must never stop the scan
             return None, f"unexpected error while checking: {type(e).__name__}: {e}"
+        if info is None:
+            return info, reason
+        try:
+            return {**info, **measure_rir(str(p), kind)}, None
+        except Exception as e:
+            return None, f"cannot measure the impulse response: {type(e).__name__}: {e}"
 
     accepted: list[tuple[Path, Path, dict]] = []
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
@@ -312,15 +382,16 @@ def scan_to_manifest(
     progress: bool = True,
     extra_columns: dict[str, dict] | None = None,
 ) -> ScanResult:
-    """Scan, then write ``out`` (Parquet) and ``rejects.jsonl`` beside it.
+    """Scan, then write ``out`` (Parquet) and its rejects beside it (:func:`datasets.manifest.rejects_path`).
 
-    ``extra_columns`` maps absolute path -> kind-specific values (``rt60`` ... for RIR banks we generate).
+    ``extra_columns`` maps absolute path -> kind-specific values (``noise_type`` ... for banks we generate).
     """
+    cfg = cfg or ScanConfig()
     result = scan(roots, kind=kind, name=name, cfg=cfg, progress=progress)
     if extra_columns:
         for row in result.rows:
             row.update(extra_columns.get(row["path"], {}))
     out = Path(out)
-    write_manifest(result.rows, out, kind)
-    write_rejects(result.rejects, out.parent / "rejects.jsonl")
+    write_manifest(result.rows, out, kind, metadata={"scan": {"kind": kind, "name": name, **cfg.recorded()}})
+    write_rejects(result.rejects, rejects_path(out))
     return result

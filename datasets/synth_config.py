@@ -85,9 +85,16 @@ class SynthConfig(StrictModel):
     chain: ChainConfig = Field(default_factory=ChainConfig)
 
 
-def load_synth_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SynthConfig:
-    """Load a synth config (default: the shipped ``configs/synth/default.yaml``) with dotted overrides."""
-    return load_config(SynthConfig, path if path is not None else DEFAULT_CONFIG, overrides=overrides)
+def load_synth_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
+) -> SynthConfig:
+    """Load a synth config (default: the shipped ``configs/synth/default.yaml``) with dotted overrides; ``flags``
+    names the command-line flag of an override in errors (default ``--set KEY=VALUE``)."""
+    return load_config(
+        SynthConfig, path if path is not None else DEFAULT_CONFIG, overrides=overrides, flags=flags
+    )
 
 
 def output_config(cfg: SynthConfig) -> dict:

@@ -11,7 +11,12 @@ Errors are reported in two ways:
 * any other exception is a bug: one line names its type and message and the file the full traceback was
   written to (under ``$HIRES_LOG_DIR``, default ``~/.cache/hires/logs``), exit code 1.
 
-``--debug`` lets every exception propagate with its traceback instead.
+``--debug`` lets every exception propagate with its traceback instead. ``--debug`` and ``-q`` are accepted before
+or after the sub-command (``hires -q corpus scan ...`` and ``hires corpus scan ... -q``) and listed in every
+sub-command's ``--help``.
+
+Run outside the project's environment (``python3 -m pipelines`` with a Python that lacks the dependencies), the
+command says so in one line instead of an import traceback.
 """
 
 from __future__ import annotations
@@ -56,29 +61,115 @@ LOG_DIR_ENV = "HIRES_LOG_DIR"
 SUMMARY_CHARS = 400
 
 
+PROJECT_PACKAGES = ("datasets", "degradations", "pipelines", "training")
+
+
 class CommandImportError(Exception):
     """A module of :data:`COMMAND_MODULES` failed to import: a broken installation, not a user error."""
+
+
+class MissingEnvironmentError(CommandImportError):
+    """A dependency is missing because this Python is not the project's environment (``.venv``)."""
+
+
+# distributions whose import name is not the distribution name with "-" as "_"
+IMPORT_NAMES = {"pyyaml": "yaml", "ffmpeg-python": "ffmpeg", "pillow": "PIL"}
+
+
+def _declared_imports() -> set[str]:
+    """Top-level import names of the project's runtime dependencies (pyproject.toml beside the packages, else the
+    installed metadata); empty when neither can be read."""
+    import re
+
+    requirements: list[str] = []
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        import tomllib
+
+        requirements = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    except (OSError, KeyError, ValueError):
+        from importlib import metadata
+
+        try:
+            requirements = [r for r in metadata.requires("hires") or [] if "extra ==" not in r]
+        except metadata.PackageNotFoundError:
+            return set()
+    names = set()
+    for requirement in requirements:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+        if m:
+            dist = re.sub(r"[-_.]+", "-", m.group(1)).lower()
+            names.add(IMPORT_NAMES.get(dist, dist.replace("-", "_")))
+    return names
+
+
+def _missing_dependency(e: BaseException) -> str | None:
+    """The name of a declared dependency that this Python lacks (run outside the project's ``.venv``); None for
+    any other import failure, which is a broken installation."""
+    if not isinstance(e, ModuleNotFoundError) or not e.name:
+        return None
+    top = e.name.split(".")[0]
+    return top if top not in PROJECT_PACKAGES and top in _declared_imports() else None
+
+
+def _environment_message(module: str) -> str:
+    venv = Path(__file__).resolve().parent.parent / ".venv"
+    return (
+        f"{sys.executable} lacks {module!r}, a dependency of hires: run hires from the project's environment "
+        f" ({venv / 'bin' / 'hires'}, or `source {venv / 'bin' / 'activate'}` first; "
+        "`make test` or `make demo` creates it)"
+    )
+
+
+# accepted before the sub-command (the main parser) and after it (every sub-parser); after it they default to
+# SUPPRESS, so leaving them out there never resets a value given before the sub-command
+GLOBAL_FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("--debug",), "debug", "show tracebacks on errors"),
+    (("-q", "--quiet"), "quiet", "no progress bars, warnings only"),
+)
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    for flags, dest, text in GLOBAL_FLAGS:
+        if any(flag in parser._option_string_actions for flag in flags):
+            continue  # a command that defines the flag itself keeps its own
+        default = False if top else argparse.SUPPRESS
+        parser.add_argument(*flags, dest=dest, action="store_true", default=default, help=text)
+
+
+def _sub_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (sub-commands and their sub-commands), each once."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += [child, *_sub_parsers(child)]
+    return found
 
 
 def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
     """The full parser; ``modules`` defaults to :data:`COMMAND_MODULES` (read at call time)."""
     parser = argparse.ArgumentParser(
         prog="hires",
-        description="High-resolution speech restoration with latent diffusion: data synthesis, training, "
-        "restoration and evaluation at cluster scale.",
+        description="Data and training for high-resolution speech restoration with latent diffusion, on Ray. "
+        "The commands below are what this installation provides; `hires COMMAND --help` describes each.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES if modules is None else modules:
         try:
             module = importlib.import_module(name)
         except Exception as e:
+            missing = _missing_dependency(e)
+            if missing is not None:
+                raise MissingEnvironmentError(_environment_message(missing)) from e
             raise CommandImportError(f"command module {name} failed to import: {_describe(e)}") from e
         try:
             module.register(sub)
         except Exception as e:
             raise CommandImportError(f"command module {name} failed to register: {_describe(e)}") from e
+    for child in _sub_parsers(parser):
+        _add_global_flags(child, top=False)
     return parser
 
 
@@ -156,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
+    except MissingEnvironmentError as e:
+        if "--debug" in argv:
+            raise
+        print(f"hires: error: {e}", file=sys.stderr)
+        return 2
     except CommandImportError as e:
         if "--debug" in argv:
             raise

@@ -5,11 +5,13 @@ count and sha256 and passes the format's reader (:mod:`datasets.shards`: only ``
 ``{key}.degraded.flac``, ``{key}.json`` members, complete samples, no duplicate key), holds exactly ``samples``
 samples, every FLAC decodes at the index's rate to exactly ``segment_samples`` frames with clean and degraded of
 equal length, every JSON names its own key; no unlisted tar lies in ``shards/``, the totals add up and the sample
-keys match the plan. :func:`write_inspection` serves ``hires shards inspect``.
+keys match the plan. :func:`write_inspection` serves ``hires shards inspect``; :func:`list_samples` serves
+``hires shards list`` (the keys ``inspect`` asks for, with their split, shard, source and operators).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import numpy as np
 
 from datasets import storage
 from datasets.audio import is_uri
+from datasets.errors import UsageError
 from datasets.manifest import read_parquet
 from datasets.shards import (
     SHARDS_DIR,
@@ -30,6 +33,7 @@ from datasets.shards import (
     iter_raw_samples,
     output_path,
     read_index,
+    shard_name,
     shard_path,
 )
 
@@ -171,3 +175,42 @@ def write_inspection(run_dir: str, key: str, out_dir: str | Path) -> tuple[Shard
     plt.close(fig)
     written.append(png)
     return sample, written
+
+
+LIST_COLUMNS = ("key", "split", "shard", "source", "ops")
+
+
+def list_samples(run_dir: str, split: str | None = None) -> list[dict]:
+    """Every sample held by a finished run, in shard order: ``{key, split, shard, source, ops}`` (``ops``: the
+    operators of its chain in order). Read from ``plan.parquet`` less the index's rejects, so no shard is opened;
+    a run without a plan is read from the JSON members of its shards. ``split`` keeps one split (a
+    :class:`UsageError` naming the splits present when it holds none)."""
+    run_dir = str(run_dir).rstrip("/") if is_uri(str(run_dir)) else str(run_dir)
+    index = read_index(run_dir)
+    plan_path = storage.join(run_dir, "plan.parquet")
+    rows: list[dict] = []
+    if storage.exists(plan_path):
+        rejected = {r["key"] for r in index.get("rejects", [])}
+        columns = ["key", "split", "shard", "source_id", "steps"]
+        for r in read_parquet(plan_path, columns=columns).to_pylist():
+            if r["key"] not in rejected:
+                rows.append(_listed(r["key"], r["split"], shard_name(r["shard"]), r["source_id"], r["steps"]))
+    else:
+        for entry in index["shards"]:
+            for raw in iter_raw_samples(shard_path(run_dir, entry["name"])):
+                meta = json.loads(raw.meta)
+                rows.append(
+                    _listed(raw.key, meta.get("split"), entry["name"], meta.get("source_id"), meta["ops"])
+                )
+    if split is None:
+        return rows
+    kept = [r for r in rows if r["split"] == split]
+    if not kept:
+        present = ", ".join(sorted({str(r["split"]) for r in rows})) or "none"
+        raise UsageError(f"--split {split}: no sample of that split in {run_dir} (splits: {present})")
+    return kept
+
+
+def _listed(key: str, split: str | None, shard: str, source: str | None, steps) -> dict:
+    steps = json.loads(steps) if isinstance(steps, str) else steps
+    return {"key": key, "split": split, "shard": shard, "source": source, "ops": [s["op"] for s in steps]}

@@ -13,7 +13,14 @@ rendering runs in parallel from that table:
 Reproducibility: the bytes of a shard depend on (plan row, seed, code) only, never on timing, worker count or
 host. Resume: the run identity (output config sha256, seed, manifest sha256s, code version) is stored in the
 plan. Rerunning with the same identity keeps every complete, intact shard and renders the rest; a different
-identity is refused unless ``force``.
+identity is refused unless ``force``, naming what changed (``shards.samples_per_shard: 8 -> 512``, ``seed: 1 -> 2``,
+``manifests.noise``).
+
+Validation first: :func:`check_inputs` finds every mistake the inputs can hold (a folder or a missing file for a
+manifest, a manifest of the wrong kind or without rows, no utterance long enough for one sample, ``--out`` naming
+a file) before Ray starts or anything is written, each as one line naming the flag; a run that fails leaves no
+output folder it created behind (:func:`_no_leftovers`). :func:`check_synth_config` validates a synth config file
+on its own (the demo calls it before generating its data).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +45,7 @@ from datasets.audio import is_uri
 from datasets.config import canonical_json
 from datasets.errors import DataError, IncompatibleError, UsageError
 from datasets.shards import FORMAT_VERSION, INDEX_FILE, SHARDS_DIR, index_bytes, index_path, shard_name
-from datasets.synth_config import SynthConfig, output_sha256
+from datasets.synth_config import SynthConfig, load_synth_config, output_config, output_sha256
 from datasets.synth_plan import (
     PLAN_FILE,
     Plan,
@@ -46,6 +54,7 @@ from datasets.synth_plan import (
     plan_bytes,
     plan_summary,
     read_plan_metadata,
+    segment_utterance,
 )
 from datasets.synth_render import synth_code_version
 from pipelines.synth_index import SynthSummary, build_index
@@ -54,6 +63,8 @@ from pipelines.synth_shard import RenderContext, render_shard
 log = logging.getLogger(__name__)
 
 RUN_PARTS = (INDEX_FILE, PLAN_FILE, SHARDS_DIR, "state", "tmp")
+# the manifest kind each input flag takes
+INPUT_KINDS = {"clean": "speech", "noise": "noise", "rir": "rir"}
 
 
 @dataclass
@@ -90,15 +101,69 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _differences(previous: dict, identity: dict) -> str:
-    diffs = [k for k in identity if previous.get(k) != identity[k]]
-    return ", ".join(f"{k} (was {_short(previous.get(k))}, now {_short(identity[k])})" for k in diffs)
+def _flatten(data, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
-def check_existing(out: str, identity: dict, force: bool) -> None:
-    """Refuse (unless ``force``) to write into a directory made with another config, seed, input or code;
+def config_changes(previous: dict, current: dict) -> list[str]:
+    """``["shards.samples_per_shard: 8 -> 512", ...]``: the fields of two configs (JSON data) that differ."""
+    old, new = _flatten(previous), _flatten(current)
+    missing = object()
+    return [
+        f"{key}: {_short(old.get(key, '(unset)'))} -> {_short(new.get(key, '(unset)'))}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def _differences(
+    previous: dict, identity: dict, previous_config: dict | None = None, config: dict | None = None
+) -> str:
+    """What differs between a stored run identity and a new one, field by field (the config's changed fields when
+    both configs are known, else its sha256; each manifest whose content changed)."""
+    diffs = []
+    for key in identity:
+        was, now = previous.get(key), identity[key]
+        if was == now:
+            continue
+        changes = []
+        if key == "config_sha256" and previous_config is not None and config is not None:
+            changes = config_changes(previous_config, config)
+        if changes:
+            diffs.append("config (" + ", ".join(changes) + ")")
+        elif key == "manifests" and isinstance(was, dict):
+            diffs += [
+                f"manifests.{name} (content changed: sha256 was {_short(was.get(name))}, now {_short(sha)})"
+                for name, sha in now.items()
+                if was.get(name) != sha
+            ]
+        else:
+            diffs.append(f"{key} (was {_short(was)}, now {_short(now)})")
+    return ", ".join(diffs)
+
+
+def _stored_config(out: str, recipe: dict | None) -> dict | None:
+    """The output config a previous run recorded: the plan's recipe, else ``index.json``; None if neither."""
+    if recipe is not None and isinstance(recipe.get("config"), dict):
+        config = dict(recipe["config"])
+        config.pop("ray", None)
+        return config
+    if storage.exists(index_path(out)):
+        return json.loads(storage.read_bytes(index_path(out))).get("config")
+    return None
+
+
+def check_existing(out: str, identity: dict, force: bool, config: dict | None = None) -> None:
+    """Refuse (unless ``force``) to write into a directory made with another config, seed, input or code, naming
+    what changed (``config``: the new run's :func:`datasets.synth_config.output_config`, to name the fields);
     with ``force``, remove the previous run first."""
-    previous, _ = read_plan_metadata(storage.join(out, PLAN_FILE))
+    previous, recipe = read_plan_metadata(storage.join(out, PLAN_FILE))
     if previous is None and storage.exists(index_path(out)):
         index = json.loads(storage.read_bytes(index_path(out)))
         previous = {k: index.get(k) for k in identity}
@@ -106,7 +171,7 @@ def check_existing(out: str, identity: dict, force: bool) -> None:
         if storage.listdir(storage.join(out, SHARDS_DIR)) and not force:
             raise FileExistsError(f"{out}: has shards/ but no plan.parquet; use --force to replace it")
     else:
-        detail = _differences(previous, identity)
+        detail = _differences(previous, identity, _stored_config(out, recipe), config)
         if detail and not force:
             raise FileExistsError(
                 f"{out}: already holds a synthesis run with a different {detail}; use another --out or --force "
@@ -125,11 +190,88 @@ def _lease(out: str, stale_after_s: float | None = None):
     return hold_lease(out, stale_after_s=stale_after_s or DEFAULT_STALE_AFTER_S, what="synth")
 
 
+def check_synth_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, what: str | None = None
+) -> SynthConfig:
+    """Load a synth config (default: the shipped one) with dotted overrides and check that this host can render
+    every operator its chain may draw; raises a one-line error naming the file, field or codec (``what``, e.g.
+    ``"demo config synth.config"``, prefixes it). For callers that must fail before doing other work first
+    (``hires demo`` validates its synth config before generating the corpus and banks)."""
+    from datasets.config import ConfigError
+    from degradations import check_backends
+
+    try:
+        cfg = load_synth_config(path, overrides)
+        check_backends(cfg.chain)
+    except ConfigError as e:
+        if what:
+            raise ConfigError(f"{what}: {e}") from None
+        raise
+    return cfg
+
+
+def check_out(out: str) -> None:
+    """``--out`` names a directory this process can create or write into (local paths; URIs are checked by the
+    lease)."""
+    if is_uri(out):
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out}: is a file, expected a directory (new or from an earlier run)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {parent} is not writable")
+
+
+def check_inputs(clean: str, noise: str, rir: str, out: str, cfg: SynthConfig) -> None:
+    """Every mistake the inputs can hold, found before Ray starts or anything is written; each is one line naming
+    the flag: a manifest that is missing, a folder, unreadable, of the wrong kind (``--noise`` given an RIR
+    manifest) or without rows; a clean corpus with no utterance long enough for one sample; ``--out`` naming a
+    file or an unwritable place."""
+    from datasets.manifest import read_manifest
+
+    frames = None
+    for flag, path in (("clean", clean), ("noise", noise), ("rir", rir)):
+        df = read_manifest(path, kind=INPUT_KINDS[flag], what=f"--{flag}")
+        if len(df) == 0:
+            raise DataError(f"--{flag} {path}: the manifest has no rows")
+        if flag == "clean":
+            frames = zip(df["frames"].tolist(), df["sample_rate"].tolist(), strict=True)
+            if not any(segment_utterance(int(n), int(sr), cfg)[0] for n, sr in frames):
+                seg = cfg.segment
+                raise DataError(
+                    f"--clean {path}: no utterance is long enough for one {seg.seconds} s sample "
+                    f"(min_tail_seconds {seg.min_tail_seconds}, tail {seg.tail})"
+                )
+    check_out(out)
+
+
+@contextlib.contextmanager
+def _no_leftovers(out: str) -> Iterator[None]:
+    """A local output folder this run creates is removed again if the run fails before writing any file into it
+    (a refused or failed run leaves no empty folder behind; a run that wrote shards keeps them to resume)."""
+    created = not is_uri(out) and not os.path.lexists(out)
+    try:
+        yield
+    except BaseException:
+        if created and os.path.isdir(out):
+            for folder, _dirs, files in os.walk(out, topdown=False):
+                if files:
+                    break
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+        raise
+
+
 def _recipe(
     clean: str, noise: str, rir: str, out: str, cfg: SynthConfig, seed: int
 ) -> tuple[str, dict[str, str], dict]:
-    """``(out, manifests, identity)`` of a run to plan, normalised; fails first if this host cannot render what
-    the chain may draw."""
+    """``(out, manifests, identity)`` of a run to plan, normalised; fails first (:func:`check_inputs`) if an input
+    is wrong or this host cannot render what the chain may draw."""
     from degradations import check_backends
 
     check_backends(cfg.chain)
@@ -139,6 +281,7 @@ def _recipe(
         "noise": _normalize_input(noise),
         "rir": _normalize_input(rir),
     }
+    check_inputs(**manifests, out=out, cfg=cfg)
     return out, manifests, run_identity(cfg, seed, manifests)
 
 
@@ -203,8 +346,8 @@ def plan_synth(
 ) -> PlanResult:
     """Write only ``out/plan.parquet`` and return its summary (``hires synth plan``)."""
     out, manifests, identity = _recipe(clean, noise, rir, out, cfg, seed)
-    with _lease(out, lease_stale_after_s):
-        check_existing(out, identity, force)
+    with _no_leftovers(out), _lease(out, lease_stale_after_s):
+        check_existing(out, identity, force, output_config(cfg))
         plan, _ = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
     summary = plan_summary(plan.table, cfg.segment.seconds)
     summary["samples_per_shard"] = plan.cfg.shards.samples_per_shard
@@ -228,9 +371,14 @@ def run_synth(
     """Plan and render a synthesis run into ``out`` (local path or URI); see the module docstring."""
     out, manifests, identity = _recipe(clean, noise, rir, out, cfg, seed)
     if not force:
-        check_existing(out, identity, force)  # a mismatch fails before Ray starts (it only reads)
-    with _rendering(out, address, num_cpus, progress, lease_stale_after_s) as (cpus, lease):
-        check_existing(out, identity, force)  # again: the directory is ours only from here
+        check_existing(out, identity, force, output_config(cfg))  # a mismatch fails before Ray starts
+    with (
+        _no_leftovers(out),
+        _rendering(out, address, num_cpus, progress, lease_stale_after_s) as (cpus, lease),
+    ):
+        check_existing(
+            out, identity, force, output_config(cfg)
+        )  # again: the directory is ours only from here
         plan, data = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
         return _render(
             out,

@@ -30,7 +30,26 @@ def test_help_everywhere(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main(cmd + ["--help"])
     assert e.value.code == 0
-    assert "usage: hires" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: hires" in out
+    assert "--debug" in out and "-q, --quiet" in out  # the global flags, listed by every command
+
+
+def test_global_flags_go_before_or_after_the_command():
+    parser = build_parser()
+    for argv in (["-q", "corpus", "scan", "x"], ["corpus", "scan", "x", "-q"], ["corpus", "scan", "-q", "x"]):
+        args = parser.parse_args(argv)
+        assert args.quiet and not args.debug, argv
+    args = parser.parse_args(["corpus", "scan", "x"])
+    assert not args.quiet and not args.debug
+    args = parser.parse_args(["--debug", "synth", "render", "d", "--quiet"])
+    assert args.debug and args.quiet  # given before, not reset by the sub-command's parser
+    assert parser.parse_args(["synth", "render", "d", "--debug"]).debug
+
+
+def test_corpus_scan_with_quiet_after_the_command(tmp_path, capsys):
+    rc = main(["corpus", "scan", "--print-config", "-q"])
+    assert rc == 0 and "vctk_mic: mic1" in capsys.readouterr().out
 
 
 def test_core_commands_exist():
@@ -145,6 +164,8 @@ def test_a_project_error_is_exit_2_one_line(fake_commands, capsys):
 def test_debug_reraises(fake_commands):
     with pytest.raises(ValueError, match="invalid literal"):
         main(["--debug", "boom", "bug"])
+    with pytest.raises(ValueError, match="invalid literal"):
+        main(["boom", "bug", "--debug"])
     from datasets.errors import DataError
 
     with pytest.raises(DataError):
@@ -251,3 +272,93 @@ def test_errors_raised_in_ray_tasks_are_reported_by_their_cause(fake_commands, m
     assert err.startswith(
         "hires: internal error: KeyError: 'shard-000003.tar: member a.json does not decode' ("
     )
+
+
+# --- finding one's way: the environment, --print-config, flags named in errors, help that matches the commands
+
+
+def test_a_python_without_the_dependencies_says_so_in_one_line():
+    """``python3 -m pipelines`` outside .venv: -S leaves site-packages (yaml, pyarrow ...) out, as a bare python3."""
+    from ray_helpers import REPO
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-S", "-m", "pipelines", "corpus", "scan", "x"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("hires: error: ") and "a dependency of hires" in out.stderr
+    assert ".venv/bin/hires" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "shows"),
+    [
+        (["corpus", "scan"], "vctk_mic: mic1"),
+        (["synth", "plan", "--set", "segment.tail=drop"], "tail: drop"),
+        (["synth"], "samples_per_shard: auto"),
+        (["train", "recovery", "--config", "tiny", "--set", "train.steps=7"], "steps: 7"),
+    ],
+    ids=lambda a: " ".join(a[:2]) if isinstance(a, list) else None,
+)
+def test_print_config_needs_none_of_the_run_arguments(argv, shows, capsys):
+    assert main([*argv, "--print-config"]) == 0
+    assert shows in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing"),
+    [
+        (["corpus", "scan"], "ROOT, --out"),
+        (["corpus", "scan", "somewhere"], "--out"),
+        (["synth", "plan", "--clean", "c"], "--noise, --rir, --out"),
+        (["train", "recovery", "--shards", "s"], "--out"),
+    ],
+)
+def test_missing_run_arguments_are_one_line(argv, missing, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith(f"required: {missing}"), err
+
+
+def test_a_bad_flag_value_is_blamed_on_the_flag_not_the_shipped_config(tmp_path, capsys):
+    rc = main(["corpus", "scan", str(tmp_path), "--out", str(tmp_path / "m.parquet"), "--workers", "1000"])
+    err = capsys.readouterr().err
+    assert (
+        rc == 2 and err.startswith("hires: error: --workers 1000: scan.workers:") and "corpus.yaml" not in err
+    )
+    rc = main(["synth", "--print-config", "--set", "segment.tail=cut"])
+    err = capsys.readouterr().err
+    assert (
+        rc == 2
+        and err.startswith("hires: error: --set segment.tail=cut: segment.tail:")
+        and ".yaml" not in err
+    )
+
+
+def test_a_misspelled_section_of_the_corpus_config_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "corpus.yaml"
+    cfg.write_text("scna:\n  workers: 2\n")
+    assert main(["corpus", "scan", "--print-config", "--config", str(cfg)]) == 2
+    assert capsys.readouterr().err == f"hires: error: {cfg}: invalid config: scna: unknown key\n"
+
+
+def test_help_describes_only_commands_that_exist(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out.lower()
+    commands = {c[0] for c in all_commands() if c}
+    for word, command in (("evaluat", "evaluate"), ("retrain", "retrain"), ("restore ", "restore")):
+        assert word not in text or command in commands, (
+            f"`hires --help` mentions {word!r} without the command"
+        )
+
+
+def test_models_summary_help_says_what_it_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["models", "summary", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "instant" not in text and "a few seconds" in text and "meta device" in text

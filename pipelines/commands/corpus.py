@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from datasets.config import CONFIG_ROOT, dump_config, load_config
+from datasets.config import CONFIG_ROOT, dump_config
 from datasets.errors import UsageError
-from datasets.manifest import KINDS
-from datasets.scan import ScanConfig, scan_to_manifest
+from datasets.manifest import KINDS, rejects_path
+from datasets.scan import CorpusConfigFile, load_scan_config, scan_to_manifest
 from pipelines.commands import add_config_args, non_negative_int, positive_float, positive_int
 
 DEFAULT_CONFIG = CONFIG_ROOT / "corpus.yaml"
@@ -22,18 +22,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     scan = csub.add_parser(
         "scan",
-        help="scan folders of audio into a Parquet manifest + rejects.jsonl",
-        description="Walk ROOTs, check every audio file and write the manifest. Rejected "
-        "files are listed with their reason in rejects.jsonl beside the manifest.",
+        help="scan folders of audio into a Parquet manifest + NAME.rejects.jsonl",
+        usage="hires corpus scan [-h] ROOT [ROOT ...] --out NAME.parquet [options]",
+        description="Walk ROOTs, check every audio file and write the manifest. Rejected files are listed "
+        "with their reason in NAME.rejects.jsonl beside NAME.parquet. VCTK 0.92 is read with one microphone "
+        "(--vctk-mic, default mic1). RIRs (--kind rir) are measured: rt60, drr and c50 in the manifest.",
     )
-    scan.add_argument("roots", nargs="+", metavar="ROOT", help="folders (or single files) to scan")
-    scan.add_argument("--out", required=True, type=Path, help="manifest path (.parquet)")
+    # ROOT and --out are checked in run_scan(), so --print-config needs neither
+    scan.add_argument("roots", nargs="*", metavar="ROOT", help="folders (or single files) to scan")
+    scan.add_argument("--out", type=Path, help="manifest path (NAME.parquet; required)")
     scan.add_argument("--name", help="corpus name (default: detected layout or the root folder's name)")
     scan.add_argument("--kind", choices=KINDS, default="speech", help="what the files are (default: speech)")
     scan.add_argument("--verify", choices=["full", "header"], help="decode every file (full) or headers only")
     scan.add_argument("--workers", type=positive_int, help="parallel readers")
     scan.add_argument(
         "--min-sample-rate", type=positive_int, help="reject files below this rate (for --kind)"
+    )
+    scan.add_argument(
+        "--vctk-mic",
+        choices=["mic1", "mic2", "both"],
+        help="VCTK 0.92 microphone(s) to keep (default from the config: mic1)",
     )
     add_config_args(scan, DEFAULT_CONFIG)
     scan.set_defaults(func=run_scan)
@@ -53,21 +61,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_scan(args: argparse.Namespace) -> int:
-    overrides = {"verify": args.verify, "workers": args.workers}
+    overrides = {"verify": args.verify, "workers": args.workers, "vctk_mic": args.vctk_mic}
+    flags = {
+        "verify": f"--verify {args.verify}",
+        "workers": f"--workers {args.workers}",
+        "vctk_mic": f"--vctk-mic {args.vctk_mic}",
+    }
     if args.min_sample_rate is not None:
-        overrides[f"min_sample_rate.{args.kind}"] = args.min_sample_rate
-    cfg = load_config(ScanConfig, args.config, overrides, section="scan")
-    if args.print_config:
-        print(dump_config(cfg), end="")
+        key = f"min_sample_rate.{args.kind}"
+        overrides[key] = args.min_sample_rate
+        flags[key] = f"--min-sample-rate {args.min_sample_rate}"
+    cfg = load_scan_config(args.config, overrides, flags)
+    if args.print_config:  # as a file --config takes
+        print(dump_config(CorpusConfigFile(scan=cfg)), end="")
         return 0
+    missing = (["ROOT"] if not args.roots else []) + (["--out"] if args.out is None else [])
+    if missing:
+        raise UsageError(f"corpus scan: the following arguments are required: {', '.join(missing)}")
     if args.out.suffix != ".parquet":
         raise UsageError(f"--out {args.out}: manifest must be a .parquet file")
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out}: is a directory, expected a manifest path (NAME.parquet)")
     result = scan_to_manifest(
         args.roots, args.out, kind=args.kind, name=args.name, cfg=cfg, progress=not args.quiet
     )
     summary = {
         "manifest": str(args.out),
-        "rejects": str(args.out.parent / "rejects.jsonl"),
+        "rejects": str(rejects_path(args.out)),
         **result.summary(),
     }
     print(json.dumps(summary, indent=2))

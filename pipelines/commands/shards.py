@@ -1,4 +1,4 @@
-"""``hires shards verify|inspect``: integrity check of a synthesis run and a look at one sample."""
+"""``hires shards verify|list|inspect``: integrity check of a synthesis run, its sample keys, a look at one sample."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datasets.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    shards = sub.add_parser("shards", help="verify synthesised shards or inspect one sample")
+    shards = sub.add_parser("shards", help="verify synthesised shards, list their samples or inspect one")
     shards.set_defaults(_parser=shards)
     ssub = shards.add_subparsers(dest="shards_command", metavar="COMMAND")
 
@@ -34,6 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--key", required=True, help="sample key, {utterance id}_{segment:04d}")
     inspect.add_argument("--out", help="folder for the wav files and the spectrogram PNG")
     inspect.set_defaults(func=run_inspect)
+
+    listing = ssub.add_parser(
+        "list",
+        help="list the sample keys (split, shard, source, operators) that `shards inspect` takes",
+        description="One line per sample of DIR: key, split, shard, source utterance and the operators of its "
+        "degradation chain in order (tab-separated, with a header line; --json for JSON lines).",
+    )
+    listing.add_argument("dir", help="synthesis output directory or s3:// prefix")
+    listing.add_argument("--split", help="only this split (train, valid, test)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(func=run_list)
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -66,4 +77,18 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(json.dumps({"shard": sample.shard, **sample.meta}, indent=2, sort_keys=True))
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from pipelines.shards import LIST_COLUMNS, list_samples
+
+    rows = list_samples(args.dir, split=args.split)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print("\t".join(LIST_COLUMNS))
+    for row in rows:
+        print("\t".join([*(str(row[c]) for c in LIST_COLUMNS[:-1]), ",".join(row["ops"])]))
     return 0

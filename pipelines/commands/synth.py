@@ -91,12 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     plan = phases.add_parser(
         "plan",
+        usage="hires synth plan [-h] --clean M --noise M --rir M --out DIR [options]",
         help="write only DIR/plan.parquet and print what it holds",
         description="Plan a corpus without rendering it: write DIR/plan.parquet (every sample with its source "
         "slice and degradation steps, the recipe in its metadata) and print the samples, hours, shards per split, "
         "how many samples draw each operator and the codec mix. Render it with `hires synth render DIR`.",
     )
-    _add_recipe_args(plan, required=True)
+    _add_recipe_args(plan, required=False)  # checked in run_plan(), so --print-config needs none of them
     _add_lease_arg(plan)
     plan.set_defaults(func=run_plan)
 
@@ -116,9 +117,11 @@ def _config(args: argparse.Namespace):
     from datasets.synth_config import load_synth_config
 
     overrides = dict(args.overrides)
+    flags = {}
     if args.samples_per_shard is not None:
         overrides["shards.samples_per_shard"] = args.samples_per_shard
-    return load_synth_config(args.config, overrides)
+        flags["shards.samples_per_shard"] = f"--samples-per-shard {args.samples_per_shard}"
+    return load_synth_config(args.config, overrides, flags)
 
 
 def _print_lines(lines: list[str], quiet: bool) -> None:
@@ -126,14 +129,18 @@ def _print_lines(lines: list[str], quiet: bool) -> None:
         print(line, file=sys.stderr if quiet else sys.stdout)
 
 
+def _require_inputs(args: argparse.Namespace, command: str) -> None:
+    missing = [f"--{name}" for name in INPUT_FLAGS if getattr(args, name) is None]
+    if missing:
+        raise UsageError(f"{command}: the following arguments are required: {', '.join(missing)}")
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    missing = [f"--{name}" for name in INPUT_FLAGS if getattr(args, name) is None]
-    if missing:
-        raise UsageError(f"synth: the following arguments are required: {', '.join(missing)}")
+    _require_inputs(args, "synth")
     from pipelines.synth_run import run_synth
 
     summary = run_synth(
@@ -161,6 +168,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
+    _require_inputs(args, "synth plan")
     result = plan_synth(
         args.clean,
         args.noise,

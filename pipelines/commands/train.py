@@ -38,6 +38,7 @@ def _max_failures(text: str) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
+        usage="hires train [-h] STAGE (--shards DIR | --online --clean M --noise M --rir M) --out DIR [options]",
         help="train a stage (recovery, autoencoder, vocoder, ldm) on Ray Train",
         description="Train one stage with data-parallel workers on Ray Train (locally, or on the cluster at "
         "--address). Data comes from a shard set (--shards, local or s3://) or is rendered while training "
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=non_negative_int, default=0, help="data seed (online: the synthesis seed); default 0"
     )
     p.add_argument(
-        "--out", required=True, metavar="DIR", help="storage for runs: directory or s3://bucket/prefix"
+        "--out", metavar="DIR", help="storage for runs: directory or s3://bucket/prefix (required to train)"
     )
     p.add_argument(
         "--config",
@@ -160,16 +161,32 @@ def request_from_args(args: argparse.Namespace, argv: list[str] | None = None):
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from training.launcher import load_config, run_training, validate
+def print_config(args: argparse.Namespace) -> None:
+    """The resolved stage config (``--config``, ``--set``, ``--steps``): needs no data, output or models."""
+    from datasets.config import dump_config
+    from training.launcher import TrainRequest, load_config
 
+    req = TrainRequest(
+        stage=args.stage,
+        out=args.out or "",
+        config=args.config,
+        overrides=dict(args.overrides),
+        steps=args.steps,
+    )
+    print(dump_config(load_config(req)), end="")
+
+
+def run(args: argparse.Namespace) -> int:
+    from datasets.errors import UsageError
+    from training.launcher import run_training, validate
+
+    if args.print_config:
+        print_config(args)
+        return 0
+    if args.out is None:
+        raise UsageError("train: the following arguments are required: --out")
     req = request_from_args(args)
     validate(req)
-    if args.print_config:
-        from datasets.config import dump_config
-
-        print(dump_config(load_config(req)), end="")
-        return 0
 
     def connect(address: str | None) -> bool:
         from pipelines.ray_setup import init_ray

@@ -43,7 +43,7 @@ def test_demo_corpus_is_deterministic_and_full_band(tmp_path):
     df = read_manifest(a, kind="speech")
     assert set(df.sample_rate) == {48000} and df.speaker.nunique() == 4
     assert df.duration_s.sum() >= 0.4 * 60 - 1
-    assert (tmp_path / "a" / "rejects.jsonl").read_text() == ""
+    assert (tmp_path / "a" / "manifest.rejects.jsonl").read_text() == ""
     x, sr = read_audio(df.path.iloc[0])
     spectrum = np.abs(np.fft.rfft(x)) ** 2
     freqs = np.fft.rfftfreq(len(x), 1 / sr)

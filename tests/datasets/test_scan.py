@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from datasets.config import ConfigError, load_config
-from datasets.manifest import read_manifest
-from datasets.scan import ScanConfig, detect_layout, scan, scan_to_manifest
+from datasets.manifest import manifest_metadata, read_manifest
+from datasets.scan import ScanConfig, detect_layout, load_scan_config, scan, scan_to_manifest
 
 SR = 48000
 
@@ -88,7 +88,7 @@ def test_every_file_is_accepted_or_rejected_with_its_reason(tree, tmp_path):
             assert name in by_name, f"{name} should be rejected ({reason})"
             assert reason in by_name[name], f"{name}: {by_name[name]!r} lacks {reason!r}"
 
-    lines = [json.loads(line) for line in (out.parent / "rejects.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out.parent / "manifest.rejects.jsonl").read_text().splitlines()]
     assert sorted(Path(r["path"]).name for r in lines) == sorted(by_name)
     df = read_manifest(out, kind="speech")
     assert sorted(Path(p).name for p in df.path) == sorted(n for n, r in expected.items() if r is None)
@@ -189,3 +189,113 @@ def test_shipped_config_equals_model_defaults():
     from datasets.config import CONFIG_ROOT
 
     assert load_config(ScanConfig, CONFIG_ROOT / "corpus.yaml", section="scan") == ScanConfig()
+
+
+# ---------------------------------------------------------------------------------------------- VCTK microphones
+def vctk_tree(root: Path) -> Path:
+    """VCTK 0.92 as shipped: every utterance twice, ``_mic1`` and ``_mic2``, plus a speaker with mic1 only."""
+    for spk, utts, mics in (("p225", 3, (1, 2)), ("p226", 2, (1, 2)), ("p315", 1, (1,))):
+        d = root / "wav48_silence_trimmed" / spk
+        d.mkdir(parents=True)
+        for i in range(1, utts + 1):
+            for mic in mics:
+                sf.write(d / f"{spk}_{i:03d}_mic{mic}.flac", tone(0.2), SR)
+    (root / "speaker-info.txt").write_text("ID AGE GENDER\n")
+    return root
+
+
+@pytest.mark.parametrize(("mic", "rows", "skipped"), [(None, 6, 5), ("mic2", 5, 6), ("both", 11, 0)])
+def test_vctk_reads_one_microphone_unless_asked(tmp_path, mic, rows, skipped):
+    root = vctk_tree(tmp_path / "VCTK-Corpus-0.92")
+    cfg = ScanConfig() if mic is None else ScanConfig(vctk_mic=mic)
+    out = tmp_path / "vctk.parquet"
+    result = scan_to_manifest([root], out, cfg=cfg, progress=False)
+    df = read_manifest(out, kind="speech")
+    assert len(df) == rows and result.skipped_vctk_mic == skipped == result.summary()["skipped_vctk_mic"]
+    assert result.seen == rows  # the other microphone's files are not seen, hence not rejected either
+    kept = {Path(p).stem.rsplit("_", 1)[1] for p in df.path}
+    assert kept == {"mic1", "mic2"} if mic == "both" else kept == {mic or "mic1"}
+    if mic != "both":  # one row per sentence
+        assert df.path.map(lambda p: Path(p).stem.rsplit("_", 1)[0]).is_unique
+    assert manifest_metadata(out)["scan"]["vctk_mic"] == (mic or "mic1")
+
+
+def test_vctk_mic_filter_leaves_other_corpora_alone(tmp_path):
+    root = tmp_path / "studio" / "bob"
+    root.mkdir(parents=True)
+    sf.write(root / "take_mic2.wav", tone(0.2), SR)  # not VCTK: a generic corpus keeps every file
+    assert len(scan([tmp_path / "studio"], progress=False).rows) == 1
+
+
+# ---------------------------------------------------------------------------------------------- rejects files
+def test_each_manifest_keeps_its_own_rejects(tree, tmp_path):
+    root, expected = tree
+    other = tmp_path / "other" / "carol"
+    other.mkdir(parents=True)
+    (other / "broken.wav").write_bytes(b"not audio at all" * 10)
+    manifests = tmp_path / "manifests"
+    scan_to_manifest([root], manifests / "corpus.parquet", progress=False)
+    scan_to_manifest([tmp_path / "other"], manifests / "other.parquet", progress=False)
+    first = (manifests / "corpus.rejects.jsonl").read_text().splitlines()
+    second = (manifests / "other.rejects.jsonl").read_text().splitlines()
+    assert len(first) == sum(r is not None for r in expected.values())
+    assert [Path(json.loads(line)["path"]).name for line in second] == ["broken.wav"]
+    assert not (manifests / "rejects.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------- RIRs
+def test_rir_scan_measures_rt60_drr_and_c50(tmp_path):
+    from datasets.banks import rir_metrics
+
+    rng = np.random.default_rng(0)
+    n = SR  # 1 s
+    expected = {}
+    for rt60 in (0.3, 0.6):
+        t = np.arange(n) / SR
+        rir = rng.standard_normal(n) * 10 ** (-3 * t / rt60)  # energy falls 60 dB in rt60 seconds
+        rir[:100] = 0.0
+        rir[100] = 8.0  # the direct path
+        rir = (0.9 * rir / np.abs(rir).max()).astype(np.float32)
+        path = tmp_path / "rooms" / "hall" / f"rt{rt60}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(
+            path, np.stack([rir, 0.5 * rir], axis=1), SR, subtype="FLOAT"
+        )  # 2 channels: the first counts
+        expected[path.name] = (rt60, rir_metrics(rir, SR))
+    out = tmp_path / "rirs.parquet"
+    scan_to_manifest([tmp_path / "rooms"], out, kind="rir", progress=False)
+    df = read_manifest(out, kind="rir")
+    assert len(df) == 2
+    for row in df.to_dict("records"):
+        rt60, metrics = expected[Path(row["path"]).name]
+        assert row["rt60"] == pytest.approx(rt60, rel=0.1)
+        for key in ("rt60", "drr", "c50"):
+            assert row[key] == pytest.approx(metrics[key], rel=1e-6), key
+
+
+def test_speech_scan_leaves_rir_columns_out(tree, tmp_path):
+    root, _ = tree
+    scan_to_manifest([root], tmp_path / "m.parquet", progress=False)
+    assert "rt60" not in read_manifest(tmp_path / "m.parquet").columns
+
+
+# ---------------------------------------------------------------------------------------------- config file
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("scna:\n  workers: 2\n", "scna: unknown key"), ("scan: {}\nsplit: [1, 0, 0]\n", "split: unknown key")],
+)
+def test_unknown_top_level_key_or_misspelled_section_is_an_error(tmp_path, text, problem):
+    cfg = tmp_path / "corpus.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=problem) as e:
+        load_scan_config(cfg)
+    assert str(cfg) in str(e.value)
+
+
+def test_a_bad_override_names_its_flag_not_the_file(tmp_path):
+    from datasets.config import CONFIG_ROOT
+
+    with pytest.raises(ConfigError) as e:
+        load_scan_config(CONFIG_ROOT / "corpus.yaml", {"workers": 1000}, {"workers": "--workers 1000"})
+    assert str(e.value).startswith("--workers 1000: scan.workers:") and "corpus.yaml" not in str(e.value)
+    assert load_scan_config(CONFIG_ROOT / "corpus.yaml", {"vctk_mic": "both"}).vctk_mic == "both"
