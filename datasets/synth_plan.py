@@ -235,7 +235,9 @@ def plan_summary(table: pa.Table, segment_seconds: float = SegmentConfig().secon
             ops[step["op"]] += 1
             if step["op"] == "codec":
                 params = step["params"]
-                codecs.setdefault(params["codec"], Counter())[f"{float(params['bitrate_kbps']):g}"] += 1
+                rate = params.get("bitrate_kbps")  # VBR codecs: a quality instead
+                label = f"{float(rate):g}" if rate is not None else f"q{float(params['quality']):g}"
+                codecs.setdefault(params["codec"], Counter())[label] += 1
     ordered = sorted(splits, key=lambda s: (SPLIT_ORDER.get(s, len(SPLIT_ORDER)), s))
     return {
         "samples": len(rows),
@@ -254,7 +256,7 @@ def plan_summary(table: pa.Table, segment_seconds: float = SegmentConfig().secon
         "codecs": {
             name: {
                 "samples": sum(rates.values()),
-                "kbps": dict(sorted(rates.items(), key=lambda kv: float(kv[0]))),
+                "kbps": dict(sorted(rates.items(), key=lambda kv: float(kv[0].lstrip("q")))),
             }
             for name, rates in sorted(codecs.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
         },

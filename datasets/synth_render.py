@@ -138,7 +138,7 @@ def render_sample(
     clean = fit_length(x, cfg.segment.samples)
     if not np.all(np.isfinite(clean)):
         raise AudioError(f"{row['path']}: non-finite samples")
-    out = render(clean, out_sr, json.loads(row["steps"]), banks)
+    out = render(clean, out_sr, json.loads(row["steps"]), banks, valid=row["valid"])
     meta = sample_metadata(row, cfg, seed, out.report, code_version)
     return RenderedSample(row["key"], pcm_safe(out.target), pcm_safe(out.degraded), meta)
 

@@ -13,14 +13,19 @@ See :mod:`degradations.base` for the operator interface and :mod:`degradations.c
 
 from degradations import (  # noqa: F401  (importing the modules registers the operators)
     bandwidth,
+    bitdepth,
     clipping,
     codec,
+    dynamics,
     eq,
+    gain,
     loudness,
+    mic,
     noise,
     packet_loss,
     peak,
     reverb,
+    saturation,
 )
 from degradations.banks import BankEntry, Banks
 from degradations.base import (

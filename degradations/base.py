@@ -96,6 +96,8 @@ class Degradation(ABC):
     Config: ClassVar[type[StrictModel]]
     #: report keys this operator fills; the chain reports them as None when the operator is not applied
     report_keys: ClassVar[tuple[str, ...]] = ()
+    #: render passes the sample's valid (non-padded) length as ``params["valid_samples"]`` when it knows it
+    uses_valid: ClassVar[bool] = False
 
     def __init__(self, config: StrictModel | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -3,16 +3,27 @@
 Recipe (all numbers in the ``chain:`` section of ``configs/synth/default.yaml``):
 
 1. ``loudness``: clean to -20 LUFS (target and degraded alike);
-2. ``reverb`` with probability 0.5 (when the catalogue has RIRs);
-3. ``noise`` with probability 1 (when the catalogue has noise);
-4. ``k`` extra operators, P(k = 0, 1, 2, 3) = .25/.40/.20/.15, drawn without replacement, in random order, from
-   ``extras.ops`` (bandwidth, clipping, codec, packet_loss, eq);
-5. ``peak``: joint scaling of target and degraded to a peak <= 0.99.
+2. ``gain`` with probability 0.2: a recording-level change of target and degraded alike (see
+   :mod:`degradations.gain` for why it is joint and what it changes);
+3. ``reverb`` with probability 0.5 (when the catalogue has RIRs);
+4. ``noise`` with probability 0.5 (when the catalogue has noise);
+5. ``k`` extra operators, P(k = 0, 1, 2, 3) = .25/.40/.20/.15, drawn without replacement, in random order, from
+   ``extras.ops`` (bandwidth, clipping, codec, packet_loss, eq, dynamics, saturation, bitdepth, mic);
+6. ``peak``: joint scaling of target and degraded to a peak <= 0.99.
+
+With probability ``noise.after_extras_probability`` (0.5) the noise step moves after the extras, so the noise
+stays full band (and uncoded) over band-limited or coded speech, as VoiceFixer leaves it half the time; the
+noise step's ``after_extras`` parameter records the draw, and the order of the steps is what render follows.
 
 :func:`plan` is a pure function of ``(key, seed, cfg, ctx)``: the chain's structure (which steps, how many
 extras, their order) comes from ``sample_rng(seed, key)`` and each operator's parameters from its own sub-stream
 ``sample_rng(seed, key, op_name)``, so changing one operator's ranges does not move another's draws, and samples
-can be planned in any order or in parallel. Every structural draw is made whether or not it is used.
+can be planned in any order or in parallel. Every structural draw is made whether or not it is used; draws added
+to the recipe come after the older ones, so a key keeps its reverb/noise/extras structure across versions.
+
+:func:`render` passes a sample's valid (non-padded) length to the operators that measure the signal
+(``uses_valid``: clipping's quantile, noise's whole-signal level); old plans, whose params lack the keys that ask
+for it, render as before.
 
 :func:`render` is a pure function of ``(clean, sr, steps, banks)``; the steps carry every parameter, so a plan
 read back from JSON renders the same float32 bytes in any process.
@@ -41,23 +52,40 @@ from datasets.config import StrictModel
 from datasets.errors import DataError
 from degradations.bandwidth import BandwidthConfig
 from degradations.base import REGISTRY, Degradation, as_mono_float32, get_operator, sample_rng
+from degradations.bitdepth import BitDepthConfig
 from degradations.clipping import ClippingConfig
 from degradations.codec import CodecConfig, check_codecs
+from degradations.dynamics import DynamicsConfig
 from degradations.eq import EqConfig
+from degradations.gain import GainConfig
 from degradations.loudness import LoudnessConfig
+from degradations.mic import MicConfig
 from degradations.noise import NoiseConfig
 from degradations.packet_loss import PacketLossConfig
 from degradations.peak import PeakConfig
 from degradations.reverb import ReverbConfig
+from degradations.saturation import SaturationConfig
 
-FIXED_STEPS = ("loudness", "reverb", "noise", "peak")
+FIXED_STEPS = ("loudness", "gain", "reverb", "noise", "peak")
 
 
 class ExtrasConfig(StrictModel):
     """How many extra operators a sample gets (P(k) for k = 0, 1, ...) and which ones can be drawn."""
 
     count_probabilities: list[float] = Field(default_factory=lambda: [0.25, 0.40, 0.20, 0.15], min_length=1)
-    ops: list[str] = Field(default_factory=lambda: ["bandwidth", "clipping", "codec", "packet_loss", "eq"])
+    ops: list[str] = Field(
+        default_factory=lambda: [
+            "bandwidth",
+            "clipping",
+            "codec",
+            "packet_loss",
+            "eq",
+            "dynamics",
+            "saturation",
+            "bitdepth",
+            "mic",
+        ]
+    )
 
     @field_validator("count_probabilities")
     @classmethod
@@ -90,6 +118,7 @@ class ChainConfig(StrictModel):
     """The ``chain:`` section of a synthesis config: one sub-section per operator plus the extras draw."""
 
     loudness: LoudnessConfig = Field(default_factory=LoudnessConfig)
+    gain: GainConfig = Field(default_factory=GainConfig)
     reverb: ReverbConfig = Field(default_factory=ReverbConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     extras: ExtrasConfig = Field(default_factory=ExtrasConfig)
@@ -98,6 +127,10 @@ class ChainConfig(StrictModel):
     codec: CodecConfig = Field(default_factory=CodecConfig)
     packet_loss: PacketLossConfig = Field(default_factory=PacketLossConfig)
     eq: EqConfig = Field(default_factory=EqConfig)
+    dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
+    saturation: SaturationConfig = Field(default_factory=SaturationConfig)
+    bitdepth: BitDepthConfig = Field(default_factory=BitDepthConfig)
+    mic: MicConfig = Field(default_factory=MicConfig)
     peak: PeakConfig = Field(default_factory=PeakConfig)
 
     def operator(self, name: str) -> Degradation:
@@ -140,18 +173,31 @@ def plan(
     k = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
     k = min(k, len(probs) - 1, len(cfg.extras.ops))
     order = rng.permutation(len(cfg.extras.ops))
+    # draws added after the ones above (so these keep their values for every key)
+    u_gain = rng.random()
+    u_noise_after = rng.random()
 
     names: list[str] = []
     if cfg.loudness.enabled:
         names.append("loudness")
+    if u_gain < cfg.gain.probability:
+        names.append("gain")
     if u_reverb < cfg.reverb.probability and ops["reverb"].available(ctx):
         names.append("reverb")
-    if u_noise < cfg.noise.probability and ops["noise"].available(ctx):
+    noise = u_noise < cfg.noise.probability and ops["noise"].available(ctx)
+    noise_after = u_noise_after < cfg.noise.after_extras_probability
+    if noise and not noise_after:
         names.append("noise")
     names.extend(cfg.extras.ops[int(i)] for i in order[:k])
+    if noise and noise_after:
+        names.append("noise")
     if cfg.peak.enabled:
         names.append("peak")
-    return [{"op": name, "params": ops[name].sample(sample_rng(seed, key, name), ctx)} for name in names]
+    steps = [{"op": name, "params": ops[name].sample(sample_rng(seed, key, name), ctx)} for name in names]
+    for step in steps:
+        if step["op"] == "noise":
+            step["params"]["after_extras"] = bool(noise_after)
+    return steps
 
 
 @cache
@@ -168,8 +214,17 @@ def report_keys() -> list[str]:
     return keys
 
 
-def render(clean: np.ndarray, sr: int, steps: Sequence[Mapping[str, Any]], banks: Any = None) -> RenderResult:
+def render(
+    clean: np.ndarray,
+    sr: int,
+    steps: Sequence[Mapping[str, Any]],
+    banks: Any = None,
+    valid: int | None = None,
+) -> RenderResult:
     """Apply ``steps`` (from :func:`plan`) to ``clean`` (float32 mono at ``sr``).
+
+    ``valid``: how many leading samples hold the utterance (the rest is zero padding); operators that measure
+    the signal (``uses_valid``) get it as ``params["valid_samples"]``. None: all of them.
 
     Returns the target (clean after loudness / early-reverb / peak scaling), the degraded signal and the report:
     every key of :func:`report_keys` (None where the step did not run) plus ``ops``, the applied step names.
@@ -187,7 +242,10 @@ def render(clean: np.ndarray, sr: int, steps: Sequence[Mapping[str, Any]], banks
             raise ValueError(
                 f"render: step {i} must be a mapping with 'op' and 'params', got {step!r}"
             ) from None
-        target, degraded, step_report = _renderer(name).step(target, degraded, int(sr), params, banks)
+        op = _renderer(name)
+        if op.uses_valid and valid is not None:
+            params = {**params, "valid_samples": int(valid)}
+        target, degraded, step_report = op.step(target, degraded, int(sr), params, banks)
         if len(degraded) != len(x) or len(target) != len(x):
             raise RuntimeError(
                 f"render: step {i} ({name}) changed the length from {len(x)} to "

@@ -7,7 +7,12 @@ Backends, picked per codec by :data:`CODECS`:
   no temp files); the decoder output is shifted by the codec's known delay (Opus's pre-skip is honoured by
   the decoder through the encoder's extradata);
 * ``ffmpeg``: the ``ffmpeg`` binary through ffmpeg-python pipes, only for codecs the wheel lacks (gsm, speex,
-  libvorbis) and only where the binary exists.
+  libvorbis) and only where the binary exists;
+* ``sndfile``: libsndfile (bundled in the soundfile wheel: LAME + mpg123, libvorbis) in memory, for the
+  variable-bit-rate codecs URGENT 2025 uses (``mp3_vbr``, ``vorbis_vbr``): these take a ``quality`` on FFmpeg's
+  ``-q:a`` scale (0 best ... 9 worst for LAME; 10 best ... 0 worst for Vorbis) instead of a bit rate, and the
+  report gives the bit rate they reached. Both decoders remove the encoder delay themselves (LAME's gapless tag,
+  Ogg granule positions), so no delay is pinned for them.
 
 Delays are a fixed table (samples at the codec's rate, measured once on click-like test signals with FFmpeg 7/8
 builds and pinned by the tests), not estimated per signal: cross-correlation is unreliable on CELP codecs, whose
@@ -26,6 +31,7 @@ default list (add ``{name: vorbis, bitrates_kbps: [...]}`` where every worker ha
 
 from __future__ import annotations
 
+import io
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +48,7 @@ from datasets.audio import ffmpeg_available
 from datasets.config import StrictModel
 from degradations.base import Applied, Degradation, fit_length, register
 
-Backend = Literal["fast_mp3", "pyav", "ffmpeg"]
+Backend = Literal["fast_mp3", "pyav", "ffmpeg", "sndfile"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class CodecSpec:
     options: dict[str, str] = field(default_factory=dict)
     container: str | None = None  # ffmpeg backend only
     bitrates_kbps: frozenset[float] | None = None  # the only rates the encoder accepts (None: any)
+    qualities: tuple[float, float] | None = None  # VBR codecs: the quality range (then no bit rate is set)
 
 
 CODECS: dict[str, CodecSpec] = {
@@ -91,6 +98,10 @@ CODECS: dict[str, CodecSpec] = {
         CodecSpec("gsm", "ffmpeg", "libgsm", "gsm", 8000, container="gsm", bitrates_kbps=frozenset((13,))),
         CodecSpec("speex", "ffmpeg", "libspeex", "libspeex", 16000, delay=223, container="ogg"),
         CodecSpec("vorbis", "ffmpeg", "libvorbis", "libvorbis", 48000, container="ogg"),
+        # libsndfile takes LAME's VBR quality as compression_level * 10 (so 0 <= q < 10) and Vorbis quality as
+        # 1 - compression_level (FFmpeg's -q:a / 10, so 0 <= q <= 10)
+        CodecSpec("mp3_vbr", "sndfile", "MPEG_LAYER_III", "MP3", 48000, qualities=(0.0, 9.0)),
+        CodecSpec("vorbis_vbr", "sndfile", "VORBIS", "OGG", 48000, qualities=(0.0, 10.0)),
     )
 }
 
@@ -100,8 +111,11 @@ class CodecUnavailableError(RuntimeError):
 
 
 class CodecChoice(StrictModel):
+    """A codec and its bit rates, or (VBR codecs: mp3_vbr, vorbis_vbr) its qualities."""
+
     name: str
-    bitrates_kbps: list[float] = Field(min_length=1)
+    bitrates_kbps: list[float] = Field(default_factory=list)
+    qualities: list[float] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -119,7 +133,18 @@ class CodecChoice(StrictModel):
 
     @model_validator(mode="after")
     def _supported(self) -> CodecChoice:
-        allowed = CODECS[self.name].bitrates_kbps
+        spec = CODECS[self.name]
+        if spec.qualities is not None:
+            if self.bitrates_kbps or not self.qualities:
+                raise ValueError(f"{self.name} is a VBR codec: give qualities (and no bitrates_kbps)")
+            lo, hi = spec.qualities
+            bad = [q for q in self.qualities if not lo <= q <= hi]
+            if bad:
+                raise ValueError(f"qualities: {self.name} takes {lo:g}-{hi:g}, got {bad}")
+            return self
+        if self.qualities or not self.bitrates_kbps:
+            raise ValueError(f"{self.name} takes bitrates_kbps (and no qualities)")
+        allowed = spec.bitrates_kbps
         if allowed is not None:
             bad = [b for b in self.bitrates_kbps if b not in allowed]
             if bad:
@@ -138,6 +163,9 @@ def _default_codecs() -> list[CodecChoice]:
         CodecChoice(name="g711_alaw", bitrates_kbps=[64]),
         CodecChoice(name="g711_ulaw", bitrates_kbps=[64]),
         CodecChoice(name="g722", bitrates_kbps=[64]),
+        # URGENT 2025 simulation: mp3 and ogg/vorbis with qscale = randint(1, 10), i.e. 1-9
+        CodecChoice(name="mp3_vbr", qualities=[1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        CodecChoice(name="vorbis_vbr", qualities=[1, 2, 3, 4, 5, 6, 7, 8, 9]),
     ]
 
 
@@ -162,6 +190,13 @@ def _ffmpeg_encoders() -> frozenset[str]:
 
 
 def _probe(spec: CodecSpec) -> bool:
+    if spec.backend == "sndfile":
+        try:
+            import soundfile
+
+            return spec.encoder in soundfile.available_subtypes(spec.decoder)
+        except Exception:
+            return False
     if spec.backend == "fast_mp3":
         try:
             import fast_mp3_augment  # noqa: F401
@@ -305,27 +340,62 @@ def _ffmpeg_roundtrip(x: np.ndarray, spec: CodecSpec, bitrate_kbps: float) -> np
     return fit_length(y[spec.delay :], len(x))
 
 
+def sndfile_roundtrip(x: np.ndarray, spec: CodecSpec, quality: float) -> tuple[np.ndarray, float]:
+    """Encode ``x`` (at ``spec.sample_rate``) with libsndfile at VBR ``quality``, decode; (audio, kbit/s)."""
+    import soundfile
+
+    n = len(x)
+    sr = spec.sample_rate
+    if spec.decoder == "MP3":
+        level, extra = float(quality) / 10.0, {"bitrate_mode": "VARIABLE"}
+    else:
+        level, extra = 1.0 - float(quality) / 10.0, {}
+    buf = io.BytesIO()
+    soundfile.write(buf, x, sr, format=spec.decoder, subtype=spec.encoder, compression_level=level, **extra)
+    size = buf.tell()
+    buf.seek(0)
+    y, _ = soundfile.read(buf, dtype="float32", always_2d=False)
+    return fit_length(np.asarray(y, dtype=np.float32).reshape(-1), n), size * 8 / 1000 / (n / sr)
+
+
 _BACKENDS = {"fast_mp3": _fast_mp3_roundtrip, "pyav": _pyav_roundtrip, "ffmpeg": _ffmpeg_roundtrip}
 
 
-def codec_roundtrip(x: np.ndarray, sr: int, codec: str, bitrate_kbps: float) -> np.ndarray:
+def codec_roundtrip(
+    x: np.ndarray, sr: int, codec: str, bitrate_kbps: float | None = None, quality: float | None = None
+) -> np.ndarray:
     """Encode and decode ``x`` (float32 mono at ``sr``) with ``codec``; same length, aligned with ``x``."""
+    return _roundtrip(x, sr, codec, bitrate_kbps, quality)[0]
+
+
+def _roundtrip(
+    x: np.ndarray, sr: int, codec: str, bitrate_kbps: float | None, quality: float | None
+) -> tuple[np.ndarray, float | None]:
     if codec not in CODECS:
         raise ValueError(f"codec: unknown codec {codec!r}; known: {', '.join(sorted(CODECS))}")
     spec = CODECS[codec]
     if codec not in available_codecs():
         check_codecs([codec])
+    if (spec.qualities is None) != (quality is None) or (spec.qualities is None) == (bitrate_kbps is None):
+        kind = "a quality" if spec.qualities is not None else "a bit rate"
+        raise ValueError(
+            f"codec: {codec} takes {kind}, got bitrate_kbps={bitrate_kbps!r}, quality={quality!r}"
+        )
     n = len(x)
     if n == 0:
-        return x.copy()
+        return x.copy(), bitrate_kbps
     peak = float(np.max(np.abs(x)))
     pre = 0.99 / peak if peak > 0.99 else 1.0
     xs = _to_rate((x * np.float32(pre)).astype(np.float32) if pre != 1.0 else x, sr, spec.sample_rate)
-    y = _BACKENDS[spec.backend](np.ascontiguousarray(xs, dtype=np.float32), spec, bitrate_kbps)
+    xs = np.ascontiguousarray(xs, dtype=np.float32)
+    if spec.backend == "sndfile":
+        y, bitrate_kbps = sndfile_roundtrip(xs, spec, float(quality))
+    else:
+        y = _BACKENDS[spec.backend](xs, spec, float(bitrate_kbps))
     y = fit_length(_to_rate(y, spec.sample_rate, sr), n)
     if pre != 1.0:
         y = (y / np.float32(pre)).astype(np.float32)
-    return y
+    return y, bitrate_kbps
 
 
 @register
@@ -334,22 +404,35 @@ class Codec(Degradation):
 
     name = "codec"
     Config = CodecConfig
-    report_keys = ("codec", "bitrate_kbps", "codec_backend")
+    # bitrate_kbps: the configured rate, or for VBR codecs the rate reached on this signal
+    report_keys = ("codec", "bitrate_kbps", "codec_backend", "codec_quality")
 
     def sample(self, rng: np.random.Generator, ctx: Mapping[str, Any]) -> dict[str, Any]:
         choices = self.config.codecs
         choice = choices[int(rng.integers(len(choices)))]
+        if choice.qualities:
+            quality = choice.qualities[int(rng.integers(len(choice.qualities)))]
+            return {"codec": choice.name, "quality": float(quality)}
         bitrate = choice.bitrates_kbps[int(rng.integers(len(choice.bitrates_kbps)))]
         return {"codec": choice.name, "bitrate_kbps": float(bitrate)}
 
     def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
         codec = str(params["codec"])
-        y = codec_roundtrip(x, sr, codec, float(params["bitrate_kbps"]))
+        bitrate = params.get("bitrate_kbps")
+        quality = params.get("quality")
+        y, reached = _roundtrip(
+            x,
+            sr,
+            codec,
+            None if bitrate is None else float(bitrate),
+            None if quality is None else float(quality),
+        )
         return Applied(
             y,
             {
                 "codec": codec,
-                "bitrate_kbps": float(params["bitrate_kbps"]),
+                "bitrate_kbps": None if reached is None else float(reached),
                 "codec_backend": CODECS[codec].backend,
+                "codec_quality": None if quality is None else float(quality),
             },
         )

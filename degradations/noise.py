@@ -5,6 +5,17 @@ reverb ran before), and the noise power is measured over the same active samples
 listener hears while someone talks rather than being diluted by pauses. The noise excerpt starts at a random
 offset (``offset_fraction`` of the room the file leaves); a noise shorter than the signal is looped. For a silent
 input the noise is set relative to ``reference_level_db`` instead (and the achieved SNR is None).
+
+Intermittent noise (clicks, door slams, a dog barking in a pause) breaks the active-speech measure: the excerpt may
+be nearly silent exactly where speech is active, and scaling that near-silence up to the drawn SNR makes the bursts
+in the pauses many times louder than the speech (clicks reached 11.7x the speech peak). With ``snr_definition:
+auto`` (every new plan), when the excerpt's power over the whole (valid) signal exceeds its power under active
+speech by more than :data:`INTERMITTENT_DB`, the SNR falls back to URGENT's whole-signal definition (speech and
+noise power over the whole valid signal, as URGENT's ``mix_noise`` measures them); ``snr_definition`` in the
+report says which one was used. Plans without the key keep the active-speech measure.
+
+``after_extras`` is recorded from the plan: True when the chain adds the noise after the extra operators, so it
+stays full-band over band-limited or coded speech (see :mod:`degradations.chain`).
 """
 
 from __future__ import annotations
@@ -22,9 +33,14 @@ from degradations.levels import active_speech_level
 
 
 class NoiseConfig(StrictModel):
-    probability: float = Field(1.0, ge=0.0, le=1.0)
-    snr_db: tuple[float, float] = (-5.0, 20.0)
+    # ICASSP 2024 SSI synthesizer: onlinesynth_nearend_prop_noisy 0.5 (URGENT 2025 adds noise to every sample)
+    probability: float = Field(0.5, ge=0.0, le=1.0)
+    # DNS challenge synthesizer: snr_lower -5, snr_upper 25 in the ICASSP config (0-40 by default); VoiceFixer:
+    # snr_range [-5, 40]. Up to 40 dB a model also meets recordings whose noise it should leave alone
+    snr_db: tuple[float, float] = (-5.0, 40.0)
     reference_level_db: float = -26.0
+    # VoiceFixer leaves the noise full band about half the time (dm_sr_rand_sr_order.py: chance % 2 == 0)
+    after_extras_probability: float = Field(0.5, ge=0.0, le=1.0)
 
     @field_validator("snr_db")
     @classmethod
@@ -35,6 +51,7 @@ class NoiseConfig(StrictModel):
 
 
 LOOP_CROSSFADE = 480  # samples (10 ms at 48 kHz) blended at the seam of a looped noise
+INTERMITTENT_DB = 3.0  # whole-signal noise power this far above the active-speech one: intermittent noise
 
 
 def seamless_loop(noise: np.ndarray, crossfade: int = LOOP_CROSSFADE) -> np.ndarray:
@@ -72,7 +89,17 @@ class Noise(Degradation):
 
     name = "noise"
     Config = NoiseConfig
-    report_keys = ("noise_id", "noise_type", "noise_offset", "snr_db", "achieved_snr_db", "speech_activity")
+    report_keys = (
+        "noise_id",
+        "noise_type",
+        "noise_offset",
+        "snr_db",
+        "achieved_snr_db",
+        "speech_activity",
+        "snr_definition",
+        "noise_after_extras",
+    )
+    uses_valid = True
 
     def available(self, ctx: Mapping[str, Any]) -> bool:
         return bool(ctx.get("noise"))
@@ -88,6 +115,7 @@ class Noise(Degradation):
             "snr_db": float(rng.uniform(lo, hi)),
             "offset_fraction": float(rng.random()),
             "reference_level_db": float(self.config.reference_level_db),
+            "snr_definition": "auto",
         }
 
     def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
@@ -103,7 +131,12 @@ class Noise(Degradation):
             "achieved_snr_db": None,
             "noise_offset": None,
             "speech_activity": 0.0,
+            "snr_definition": None,
+            "noise_after_extras": bool(params.get("after_extras", False)),
         }
+        definition = params.get("snr_definition", "active")
+        if definition not in ("active", "auto"):
+            raise ValueError(f"noise: unknown snr_definition {definition!r}; expected 'active' or 'auto'")
         if len(x) == 0:
             return Applied(x.copy(), report)
         seg, offset = noise_excerpt(banks.noise(nid), len(x), float(params["offset_fraction"]))
@@ -120,6 +153,16 @@ class Noise(Degradation):
             p_noise = _mean_square(seg[mask])
             if p_noise <= 0.0:  # the excerpt is silent while speech is active: fall back to its overall power
                 p_noise = _mean_square(seg)
+            report["snr_definition"] = "active"
+            if definition == "auto":
+                valid = params.get("valid_samples")
+                n = min(max(int(valid), 1), len(x)) if valid is not None else len(x)
+                p_whole = _mean_square(seg[:n])
+                if p_whole > p_noise * 10.0 ** (INTERMITTENT_DB / 10.0):
+                    p_speech, p_noise = _mean_square(x[:n]), p_whole
+                    mask = np.zeros(len(x), dtype=bool)
+                    mask[:n] = True
+                    report["snr_definition"] = "whole"
         if p_noise <= 0.0:
             return Applied(x.copy(), report)
         gain = math.sqrt(p_speech / (p_noise * 10.0 ** (float(params["snr_db"]) / 10.0)))
@@ -129,8 +172,8 @@ class Noise(Degradation):
         )
         y = x + added
         if mask is not None:
-            # what the output actually carries after float32 rounding, on the same active samples
-            report["achieved_snr_db"] = _achieved(level.power, (y - x)[mask])
+            # what the output actually carries after float32 rounding, on the same samples the SNR was set on
+            report["achieved_snr_db"] = _achieved(p_speech, (y - x)[mask])
         return Applied(y, report)
 
 

@@ -50,7 +50,9 @@ def test_plan_is_deterministic_and_order_independent(memory_banks):
     backward = {k: plan(k, 7, CFG, ctx) for k in reversed(keys)}
     assert forward == backward
     assert plan(keys[0], 8, CFG, ctx) != forward[keys[0]]
-    assert len({json.dumps(p, sort_keys=True) for p in forward.values()}) == len(keys)
+    # plans that draw anything are all different (a near-clean sample is only loudness and peak)
+    drawn = [p for p in forward.values() if len(p) > 2]
+    assert len({json.dumps(p, sort_keys=True) for p in drawn}) == len(drawn) > len(keys) // 2
 
 
 def test_plan_json_round_trip_is_lossless(memory_banks):
@@ -64,18 +66,23 @@ def test_plan_structure_follows_the_recipe(memory_banks):
     ctx = memory_banks.catalog()
     n = 2000
     plans = [[s["op"] for s in plan(f"s{i}", 11, CFG, ctx)] for i in range(n)]
+    fixed = ("loudness", "gain", "reverb", "noise", "peak")
     for ops in plans:
         assert ops[0] == "loudness" and ops[-1] == "peak"
-        assert "noise" in ops
-        extras = [o for o in ops if o not in ("loudness", "reverb", "noise", "peak")]
+        extras = [o for o in ops if o not in fixed]
         assert len(set(extras)) == len(extras) and set(extras) <= set(CFG.extras.ops)
-    reverb = np.mean(["reverb" in ops for ops in plans])
-    assert reverb == pytest.approx(0.5, abs=0.04)
-    counts = Counter(len(ops) - 2 - ("reverb" in ops) - 1 for ops in plans)
+    for op, p in (("reverb", 0.5), ("noise", CFG.noise.probability), ("gain", CFG.gain.probability)):
+        assert np.mean([op in ops for ops in plans]) == pytest.approx(p, abs=0.04), op
+    with_noise = [
+        ops for ops in plans if "noise" in ops and len(ops) > 3 + ("gain" in ops) + ("reverb" in ops)
+    ]
+    after = np.mean([ops[-2] == "noise" for ops in with_noise])
+    assert after == pytest.approx(CFG.noise.after_extras_probability, abs=0.05)
+    counts = Counter(len([o for o in ops if o not in fixed]) for ops in plans)
     for k, p in enumerate(CFG.extras.count_probabilities):
         assert counts[k] / n == pytest.approx(p, abs=0.035), (k, counts)
     orders = Counter(tuple(o for o in ops if o in ("codec", "clipping")) for ops in plans)
-    assert orders[("codec", "clipping")] > 30 and orders[("clipping", "codec")] > 30  # random order
+    assert orders[("codec", "clipping")] > 10 and orders[("clipping", "codec")] > 10  # random order
 
 
 def test_probability_semantics_are_pinned(memory_banks):
@@ -93,7 +100,7 @@ def test_changing_one_operator_does_not_move_another(memory_banks):
     for i in range(30):
         a = {s["op"]: s["params"] for s in plan(f"q{i}", 0, CFG, ctx)}
         b = {s["op"]: s["params"] for s in plan(f"q{i}", 0, other, ctx)}
-        assert a["noise"] == b["noise"]
+        assert a.get("noise") == b.get("noise")
         assert a.keys() == b.keys()
 
 
@@ -105,7 +112,7 @@ def test_missing_banks_skip_their_steps():
 
 def test_render_default_chain(speech_long, memory_banks, sr):
     ctx = memory_banks.catalog()
-    for i in range(6):
+    for i in range(10):
         steps = plan(f"r{i}", 0, CFG, ctx)
         out = render(speech_long, sr, steps, memory_banks)
         assert out.target.shape == out.degraded.shape == speech_long.shape
@@ -113,9 +120,11 @@ def test_render_default_chain(speech_long, memory_banks, sr):
         assert max(peak(out.target), peak(out.degraded)) <= 0.99
         assert set(report_keys()) <= set(out.report) and out.report["ops"] == [s["op"] for s in steps]
         json.dumps(out.report, allow_nan=False)
-        expected_lufs = -20.0 + 20 * np.log10(out.report["peak_scale"])
+        gain_db = out.report["input_gain_db"] or 0.0
+        expected_lufs = -20.0 + gain_db + 20 * np.log10(out.report["peak_scale"])
         assert integrated_loudness(out.target, sr) == pytest.approx(expected_lufs, abs=0.05)
-        assert out.report["achieved_snr_db"] == pytest.approx(out.report["snr_db"], abs=0.5)
+        if out.report["snr_db"] is not None:
+            assert out.report["achieved_snr_db"] == pytest.approx(out.report["snr_db"], abs=0.5)
 
 
 def test_render_from_json_gives_identical_bytes(speech_long, memory_banks, sr):
@@ -172,11 +181,18 @@ FAST_OPS = ["bandwidth", "clipping", "packet_loss", "eq"]
 def test_planned_parameters_stay_in_configured_ranges(memory_banks, seed, key):
     steps = plan(key, seed, CFG, memory_banks.catalog())
     p = {s["op"]: s["params"] for s in steps}
-    assert CFG.noise.snr_db[0] <= p["noise"]["snr_db"] <= CFG.noise.snr_db[1]
-    assert 0.0 <= p["noise"]["offset_fraction"] < 1.0
+    if "noise" in p:
+        assert CFG.noise.snr_db[0] <= p["noise"]["snr_db"] <= CFG.noise.snr_db[1]
+        assert 0.0 <= p["noise"]["offset_fraction"] < 1.0
     if "clipping" in p:
         assert CFG.clipping.quantile[0] <= p["clipping"]["quantile"] <= CFG.clipping.quantile[1]
-    if "bandwidth" in p:
+    if "bandwidth" in p and p["bandwidth"]["mode"] == "lowpass":
+        assert CFG.bandwidth.cutoff_hz[0] <= p["bandwidth"]["cutoff_hz"] <= CFG.bandwidth.cutoff_hz[1]
+    if "bandwidth" in p and p["bandwidth"]["mode"] == "imaging":
+        assert (
+            CFG.bandwidth.imaging_rate_hz[0] <= p["bandwidth"]["rate_hz"] <= CFG.bandwidth.imaging_rate_hz[1]
+        )
+    if "bandwidth" in p and p["bandwidth"]["mode"] == "resample":
         assert p["bandwidth"]["rate_hz"] in CFG.bandwidth.rates_hz
         if p["bandwidth"]["family"] != "poly":
             assert CFG.bandwidth.order[0] <= p["bandwidth"]["order"] <= CFG.bandwidth.order[1]
@@ -184,7 +200,10 @@ def test_planned_parameters_stay_in_configured_ranges(memory_banks, seed, key):
         assert CFG.packet_loss.loss_rate[0] <= p["packet_loss"]["loss_rate"] <= CFG.packet_loss.loss_rate[1]
     if "codec" in p:
         choice = {c.name: c for c in CFG.codec.codecs}[p["codec"]["codec"]]
-        assert p["codec"]["bitrate_kbps"] in choice.bitrates_kbps
+        if choice.qualities:
+            assert p["codec"]["quality"] in choice.qualities
+        else:
+            assert p["codec"]["bitrate_kbps"] in choice.bitrates_kbps
     if "eq" in p and p["eq"]["highpass"]:
         assert CFG.eq.highpass_hz[0] <= p["eq"]["highpass"]["freq_hz"] <= CFG.eq.highpass_hz[1]
 

@@ -11,7 +11,10 @@ from degradations import codec as codec_module
 from degradations.codec import CODECS, CodecUnavailableError, available_codecs, codec_roundtrip
 
 DEFAULT = ChainConfig().codec.codecs
-CASES = [(c.name, b) for c in DEFAULT for b in sorted({c.bitrates_kbps[0], c.bitrates_kbps[-1]})]
+CASES = [
+    (c.name, b) for c in DEFAULT if c.bitrates_kbps for b in sorted({c.bitrates_kbps[0], c.bitrates_kbps[-1]})
+]
+VBR_CASES = [(c.name, q) for c in DEFAULT if c.qualities for q in sorted({c.qualities[0], c.qualities[-1]})]
 
 
 def test_default_codecs_are_available_from_the_wheels():
@@ -54,6 +57,31 @@ def test_codec_output_is_aligned_within_1ms(speech, tone_bursts, sr, name, bitra
     # a codec changes the signal but keeps it recognisable
     assert not np.array_equal(y, speech)
     assert np.corrcoef(_envelope(speech, sr), _envelope(y, sr))[0, 1] > 0.6
+
+
+@pytest.mark.parametrize(("name", "quality"), VBR_CASES)
+def test_vbr_codec_output_is_aligned_and_reports_its_bit_rate(speech, tone_bursts, sr, name, quality):
+    y = codec_roundtrip(tone_bursts, sr, name, quality=quality)
+    assert y.dtype == np.float32 and y.shape == tone_bursts.shape and np.isfinite(y).all()
+    assert abs(xcorr_lag(tone_bursts, y, int(0.05 * sr))) <= int(0.001 * sr)
+    op = ChainConfig().operator("codec")
+    out = op.process(speech, sr, {"codec": name, "quality": quality}, None)
+    assert out.report["codec_quality"] == quality and 4 < out.report["bitrate_kbps"] < 400
+    np.testing.assert_array_equal(out.audio, op.apply(speech, sr, {"codec": name, "quality": quality}))
+    assert np.corrcoef(_envelope(speech, sr), _envelope(out.audio, sr))[0, 1] > 0.6
+
+
+def test_vbr_codecs_take_qualities_not_bit_rates(speech, sr):
+    from datasets.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="mp3_vbr is a VBR codec"):
+        load_config(
+            ChainConfig, overrides={"codec": {"codecs": [{"name": "mp3_vbr", "bitrates_kbps": [64]}]}}
+        )
+    with pytest.raises(ConfigError, match="vorbis_vbr takes 0-10"):
+        load_config(ChainConfig, overrides={"codec": {"codecs": [{"name": "vorbis_vbr", "qualities": [11]}]}})
+    with pytest.raises(ValueError, match="mp3_vbr takes a quality"):
+        codec_roundtrip(speech, sr, "mp3_vbr", 64)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, s in CODECS.items() if s.backend == "ffmpeg"))
