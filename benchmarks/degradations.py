@@ -7,8 +7,8 @@ Runs on 5.12 s clips at 48 kHz of synthetic speech with in-memory noise and RIR 
 
 ``x_realtime`` is audio seconds processed per CPU second of this process (``time.process_time``, all threads),
 i.e. per core, and robust to other load on a shared machine; ``x_realtime_wall`` uses wall-clock time. Per-operator figures use parameters drawn the
-way the chain draws them (so "codec" averages over the configured codecs and bit rates); ``codec:<name>``
-entries break the codec down. The default-chain figure averages over ``--clips`` planned samples, i.e. over the
+way the chain draws them (so "codec" averages over the configured codecs and bit rates or VBR qualities, and
+"bandwidth" over its resample / lowpass / imaging modes); ``codec:<name>`` entries break the codec down. The default-chain figure averages over ``--clips`` planned samples, i.e. over the
 chain's own mix of operators; the target is >= 200x real time per core.
 
 ``padded`` repeats the figures on the same clips with their last 60 % digital silence, as a 2 s utterance
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     results: dict[str, object] = {}
     results_padded: dict[str, object] = {}
-    for name in ("loudness", "reverb", "noise", *cfg.extras.ops, "peak"):
+    for name in ("loudness", "gain", "reverb", "noise", *cfg.extras.ops, "peak"):
         results[name] = bench_operator(name, cfg, banks, clips, args.draws, args.repeats)
         results_padded[name] = bench_operator(name, cfg, banks, padded, args.draws, args.repeats)
     if not args.skip_codecs:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             sub = cfg.model_copy(deep=True)
             sub.codec.codecs = [choice]
             results[f"codec:{choice.name}"] = bench_operator(
-                "codec", sub, banks, clips, len(choice.bitrates_kbps), 1
+                "codec", sub, banks, clips, len(choice.bitrates_kbps or choice.qualities), 1
             )
 
     plans = [plan(f"utt{i:05d}_0000", 0, cfg, ctx) for i in range(args.clips)]

@@ -12,7 +12,12 @@ in the pauses many times louder than the speech (clicks reached 11.7x the speech
 auto`` (every new plan), when the excerpt's power over the whole (valid) signal exceeds its power under active
 speech by more than :data:`INTERMITTENT_DB`, the SNR falls back to URGENT's whole-signal definition (speech and
 noise power over the whole valid signal, as URGENT's ``mix_noise`` measures them); ``snr_definition`` in the
-report says which one was used. Plans without the key keep the active-speech measure.
+report says which one was used.
+Power alone cannot bound a sparse noise's peaks (a click train at 0 dB SNR peaks 13x above the speech wherever it
+is measured), so ``auto`` also caps the noise peak at :data:`MAX_NOISE_PEAK_DB` above the speech peak, lowering
+the gain where needed (``noise_peak_limited`` in the report; the achieved SNR then exceeds the drawn one).
+Stationary noise does not reach the cap at the configured SNRs (white noise at -5 dB SNR peaks about 4 dB above
+speech). Plans without the key keep the active-speech measure and no cap.
 
 ``after_extras`` is recorded from the plan: True when the chain adds the noise after the extra operators, so it
 stays full-band over band-limited or coded speech (see :mod:`degradations.chain`).
@@ -52,6 +57,7 @@ class NoiseConfig(StrictModel):
 
 LOOP_CROSSFADE = 480  # samples (10 ms at 48 kHz) blended at the seam of a looped noise
 INTERMITTENT_DB = 3.0  # whole-signal noise power this far above the active-speech one: intermittent noise
+MAX_NOISE_PEAK_DB = 10.0  # auto: the noise peak stays within this many dB above the speech peak
 
 
 def seamless_loop(noise: np.ndarray, crossfade: int = LOOP_CROSSFADE) -> np.ndarray:
@@ -98,6 +104,7 @@ class Noise(Degradation):
         "speech_activity",
         "snr_definition",
         "noise_after_extras",
+        "noise_peak_limited",
     )
     uses_valid = True
 
@@ -133,6 +140,7 @@ class Noise(Degradation):
             "speech_activity": 0.0,
             "snr_definition": None,
             "noise_after_extras": bool(params.get("after_extras", False)),
+            "noise_peak_limited": False,
         }
         definition = params.get("snr_definition", "active")
         if definition not in ("active", "auto"):
@@ -166,6 +174,12 @@ class Noise(Degradation):
         if p_noise <= 0.0:
             return Applied(x.copy(), report)
         gain = math.sqrt(p_speech / (p_noise * 10.0 ** (float(params["snr_db"]) / 10.0)))
+        if definition == "auto" and mask is not None:
+            speech_peak, noise_peak = float(np.max(np.abs(x))), float(np.max(np.abs(seg)))
+            cap = speech_peak * 10.0 ** (MAX_NOISE_PEAK_DB / 20.0)
+            if noise_peak * gain > cap > 0.0:
+                gain = cap / noise_peak
+                report["noise_peak_limited"] = True
         # the float64 product of each sample with the gain, rounded once to float32
         added = np.multiply(
             seg, gain, dtype=np.float64, out=np.empty(len(seg), np.float32), casting="same_kind"
