@@ -289,19 +289,21 @@ def _recipe(
 def _rendering(
     out: str, address: str | None, num_cpus: int | None, progress: bool, lease_stale_after_s: float | None
 ) -> Iterator[tuple[float, Any]]:
-    """Ray joined (or started) and the run's lease on ``out`` held; yields the CPUs to use and the lease. Ray is
-    started before anything is written (a bad address fails fast) and shut down afterwards if it was started here."""
+    """The run's lease on ``out`` held and Ray joined (or started); yields the CPUs to use and the lease. The lease
+    comes first, so a directory another run is writing is refused before Ray starts; a bad address then fails with
+    the lease released (and the folder it made removed by :func:`_no_leftovers`). Ray is shut down afterwards if it
+    was started here."""
     import ray
 
     from pipelines.ray_setup import init_ray
 
-    started, cpus = init_ray(address, num_cpus, quiet=not progress)
-    try:
-        with _lease(out, lease_stale_after_s) as lease:
+    with _lease(out, lease_stale_after_s) as lease:
+        started, cpus = init_ray(address, num_cpus, quiet=not progress)
+        try:
             yield cpus, lease
-    finally:
-        if started:
-            ray.shutdown()
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def _plan(

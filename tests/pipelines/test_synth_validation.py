@@ -149,3 +149,12 @@ def test_a_synth_config_is_checked_on_its_own(tmp_path):
     assert str(e.value).startswith(f"demo config synth.config: {bad}: invalid config: segmnt: unknown key")
     with pytest.raises(ConfigError, match="cannot read config"):
         check_synth_config(tmp_path / "defualt.yaml")
+
+
+def test_a_directory_another_run_holds_is_refused_before_ray_starts(demo_inputs, tmp_path, capsys, no_ray):
+    from datasets.lease import hold_lease
+
+    out = tmp_path / "busy"
+    with hold_lease(str(out), what="synth"):
+        assert main(synth(demo_inputs, out)) == 2
+        assert "hires synth" in one_line(capsys)
