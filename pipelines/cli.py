@@ -44,6 +44,7 @@ COMMAND_MODULES = [
     "pipelines.commands.models",
     "pipelines.commands.train",
     "pipelines.commands.demo",
+    "pipelines.commands.evaluate",
     "pipelines.commands.restore",
 ]
 

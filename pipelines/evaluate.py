@@ -227,8 +227,25 @@ class ScoreCache:
         self.rows[(row["item"], row["system"])] = row
 
 
-def _score_row(item: str, system: str, types: list[str], est: np.ndarray, ref: np.ndarray | None) -> dict:
-    names = metric_defs.METRICS if ref is not None else metric_defs.NON_INTRUSIVE
+def _metric_names(metrics: Sequence[str] | None) -> list[str]:
+    names = list(metric_defs.METRICS if metrics is None else metrics)
+    unknown = [m for m in names if m not in metric_defs.METRICS]
+    if unknown or not names:
+        raise UsageError(
+            f"--metrics: unknown {', '.join(unknown) or 'none given'}; known: {', '.join(metric_defs.METRICS)}"
+        )
+    return [m for m in metric_defs.METRICS if m in names]
+
+
+def _systems_with_reference(names: Sequence[str], others: list[str]) -> list[str]:
+    """The reference itself is scored only when a non-intrusive metric is asked for."""
+    return ([REFERENCE_SYSTEM] if any(m in metric_defs.NON_INTRUSIVE for m in names) else []) + others
+
+
+def _score_row(
+    item: str, system: str, types: list[str], est: np.ndarray, ref: np.ndarray | None, metrics: Sequence[str]
+) -> dict:
+    names = [m for m in metrics if ref is not None or m in metric_defs.NON_INTRUSIVE]
     try:
         s = metric_defs.score(est, SAMPLE_RATE, ref, metrics=names)
         return {"item": item, "system": system, "types": types, "scores": dict(s), "reasons": s.reasons}
@@ -302,11 +319,13 @@ def evaluate_folders(
     experiment: str = "hires",
     limit: int | None = None,
     examples: int = DEFAULT_EXAMPLES,
+    metrics: Sequence[str] | None = None,
     progress: bool = True,
 ) -> EvaluationReport:
     """Score each file of ``est`` against the file of ``ref`` with the same relative path (extension aside);
     ``degraded`` files, when given, are scored too. Writes the report into ``out`` and returns it."""
     _check_tracking(tracking_uri, run_name)
+    names = _metric_names(metrics)
     roots = {"ref": _check_folder(ref, "--ref"), "est": _check_folder(est, "--est")}
     if degraded is not None:
         roots["degraded"] = _check_folder(degraded, "--degraded")
@@ -335,9 +354,9 @@ def evaluate_folders(
         raise DataError(f"--est {est}: no file matches a file of --ref {ref} by relative path")
     if limit is not None:
         items = items[:limit]
-    systems = [REFERENCE_SYSTEM, *(["degraded"] if degraded is not None else []), "estimate"]
+    systems = _systems_with_reference(names, [*(["degraded"] if degraded is not None else []), "estimate"])
     settings = {"mode": "folders", "ref": str(roots["ref"].resolve()), "est": str(roots["est"].resolve()),
-                "degraded": str(roots["degraded"].resolve()) if degraded is not None else None}  # fmt: skip
+                "degraded": str(roots["degraded"].resolve()) if degraded is not None else None, "metrics": names}  # fmt: skip
     out_dir = Path(out).expanduser()
     _check_out(out_dir, [p for p in roots.values()])
     cache = ScoreCache(out_dir, settings)
@@ -360,7 +379,7 @@ def evaluate_folders(
                 for system in systems:
                     if system in named and (key, system) not in cache.rows:
                         ref_sig = None if system == REFERENCE_SYSTEM else named["clean"]
-                        cache.add(_score_row(key, system, [], named[system], ref_sig))
+                        cache.add(_score_row(key, system, [], named[system], ref_sig, names))
                 if i < examples:
                     _keep_example(out_dir, key, named)
             bar.update(1)
@@ -448,6 +467,7 @@ def evaluate_shards(
     experiment: str = "hires",
     examples: int = DEFAULT_EXAMPLES,
     bundle_tracking_uri: str | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> EvaluationReport:
     """Restore the ``split`` samples of the synthesis run ``shards`` and score them against their clean signal.
 
@@ -455,11 +475,14 @@ def evaluate_shards(
     :class:`training.restorer.Restorer` (anything with its ``restore(audio, sample_rate, options)``).
     ``options`` (a :class:`training.restorer.RestoreOptions`) gives steps, guidance and seed; its
     ``iterations`` is replaced by each count of ``iterations``; with ``recovery_only`` only ``degraded`` and
-    ``recovery`` are scored. ``bundle_tracking_uri`` resolves ``models:/`` URIs inside the bundle.
+    ``recovery`` are scored. ``bundle_tracking_uri`` resolves ``models:/`` URIs inside the bundle. ``metrics``
+    (default :data:`training.metrics.METRICS`) picks the metrics; ``examples`` samples keep their audio for the
+    spectrogram figure; ``device`` runs the restorer there.
     """
     from training.restorer import Bundle, RestoreOptions, Restorer
 
     _check_tracking(tracking_uri, run_name)
+    names = _metric_names(metrics)
     options = options if options is not None else RestoreOptions()
     counts = [1] if options.recovery_only else _parse_iterations(iterations)
     total = split_size(shards, split)
@@ -474,7 +497,7 @@ def evaluate_shards(
         )
         restorer, bundle_name = Restorer(loaded, device=device), str(Path(str(bundle)).expanduser().resolve())
     final = [] if options.recovery_only else restored_systems(counts)
-    systems = [REFERENCE_SYSTEM, "degraded", "recovery", *final]
+    systems = _systems_with_reference(names, ["degraded", "recovery", *final])
     from datasets import shards as shard_format
 
     settings = {
@@ -488,6 +511,7 @@ def evaluate_shards(
         },
         "iterations": counts,
         "device": str(device),
+        "metrics": names,
     }
     out_dir = Path(out).expanduser()
     _check_out(out_dir, [Path(str(shards))])
@@ -516,7 +540,7 @@ def evaluate_shards(
             for system in systems:
                 if (key, system) not in cache.rows:
                     ref = None if system == REFERENCE_SYSTEM else clean
-                    cache.add(_score_row(key, system, types, signals[system], ref))
+                    cache.add(_score_row(key, system, types, signals[system], ref, names))
             if len(items) <= examples:
                 _keep_example(out_dir, key, signals)
             bar.update(1)
@@ -595,7 +619,8 @@ def _finish(
         settings=settings,
         rows=rows,
     )
-    write_report(report, load_examples(out, example_items, systems))
+    shown = list(dict.fromkeys([REFERENCE_SYSTEM, *systems]))  # the clean spectrogram even when not scored
+    write_report(report, load_examples(out, example_items, shown))
     if tracking_uri is not None and run_name is not None:
         report.mlflow_run_id = log_to_mlflow(report, tracking_uri, run_name, experiment)
     return report

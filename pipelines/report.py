@@ -269,7 +269,8 @@ def _examples(report: EvaluationReport, examples: dict[str, dict[str, np.ndarray
     if not examples:
         return None
     items = list(examples)
-    systems = [s for s in report.systems if any(s in examples[i] for i in items)]
+    order = ["clean", *[s for s in report.systems if s != "clean"]]
+    systems = [s for s in order if any(s in examples[i] for i in items)]
     fig, axes = plt.subplots(
         len(systems), len(items), figsize=(4.5 * len(items), 1.9 * len(systems)), squeeze=False
     )
