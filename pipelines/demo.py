@@ -131,7 +131,11 @@ class DemoResult:
 
 
 def run_demo(
-    out: str | Path, cfg: DemoConfig, num_cpus: int | None = None, progress: bool = True
+    out: str | Path,
+    cfg: DemoConfig,
+    num_cpus: int | None = None,
+    progress: bool = True,
+    tracking_uri: str | None = None,
 ) -> DemoResult:
     from datasets.banks import make_noise_bank, make_rir_bank
     from datasets.demo import make_demo_corpus
@@ -140,7 +144,7 @@ def run_demo(
     from pipelines.synth_run import run_synth
 
     out = Path(out).resolve()
-    result = DemoResult(out=out)
+    result = DemoResult(out=out, tracking_uri=tracking_uri)  # None: sqlite beside the training runs
 
     t = time.perf_counter()
     corpus_params = {
@@ -285,6 +289,7 @@ def train_demo_stages(
                 if stage == "ldm"
                 else {},
                 command=f"hires demo (train {stage})",
+                tracking_uri=result.tracking_uri,
             )
             summary = run_training(request, connect=lambda _address: False)
             models[stage] = summary.model_dir

@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, help="override seed")
     p.add_argument("--minutes", type=positive_float, help="override corpus.minutes")
     p.add_argument("--num-cpus", type=positive_int, help="CPUs for the local Ray (default: all)")
+    p.add_argument(
+        "--tracking-uri",
+        metavar="U",
+        help="MLflow tracking server or database (default: sqlite in OUT/train)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 
@@ -33,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    result = run_demo(args.out, cfg, num_cpus=args.num_cpus, progress=not args.quiet)
+    result = run_demo(
+        args.out, cfg, num_cpus=args.num_cpus, progress=not args.quiet, tracking_uri=args.tracking_uri
+    )
     print("\n".join(result.lines()))
     return 0
