@@ -1,10 +1,16 @@
 """Generated noise and room-impulse-response banks (48 kHz FLAC + manifest), deterministic for a seed.
 
-* :func:`make_rir_bank` simulates shoebox rooms with pyroomacoustics' image-source method: random dimensions,
-  absorption from Sabine's formula for a target RT60 drawn in [0.2, 1.3] s, random source/microphone positions,
-  air absorption. The measured RT60 (Schroeder, T30 extrapolated), DRR and C50 of each response are recorded.
+* :func:`make_rir_bank` simulates shoebox rooms with pyroomacoustics' image-source method. Each room is drawn
+  from a class (:data:`ROOM_TYPES`: car cabins and booths from RT60 0.05 s, small and large rooms up to 1.3 s)
+  with surfaces of real, frequency-dependent materials from pyroomacoustics' database (upholstery, glass,
+  carpet, plasterboard, mineral wool ...) in eight octave bands up to 16 kHz, scaled together so that the
+  mid-frequency RT60 (500 Hz and 1 kHz octaves) meets a target drawn for the class, and air absorption per band
+  (ISO 9613-1, 20 degC, 50 % RH, 125 Hz-16 kHz). High frequencies therefore decay faster than the
+  mid band in most rooms, as they do in real ones at 48 kHz. The measured broadband RT60 (Schroeder, T30
+  extrapolated), DRR and C50 of each response are recorded, with the octave-band RT60s ``rt60_mid`` and
+  ``rt60_8k``, the ``room_type`` and the ``target_rt60``.
 * :func:`make_noise_bank` writes white, pink and brown noise, babble made from demo speech, mains hum with
-  harmonics, and clicks/transients.
+  harmonics, clicks/transients and synthetic wind (gusty low-frequency turbulence with occasional overload).
 
 Real banks (DEMAND, WHAM!, MUSAN, measured RIRs ...) are scanned with ``hires corpus scan --kind noise|rir``.
 """
@@ -12,6 +18,8 @@ Real banks (DEMAND, WHAM!, MUSAN, measured RIRs ...) are scanned with ``hires co
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +30,7 @@ from datasets.demo import make_speakers, synthesize_utterance
 from datasets.manifest import stable_hash
 
 SAMPLE_RATE = 48000
-NOISE_TYPES = ("white", "pink", "brown", "babble", "hum", "clicks")
+NOISE_TYPES = ("white", "pink", "brown", "babble", "hum", "clicks", "wind")
 
 
 # ---------------------------------------------------------------------------------------------------- RIR metrics
@@ -77,55 +85,205 @@ def rir_metrics(rir: np.ndarray, sr: int) -> dict[str, float]:
     }
 
 
-def simulate_rir(
-    rng: np.random.Generator, sr: int = SAMPLE_RATE, rt60_range=(0.2, 1.3)
-) -> tuple[np.ndarray, dict]:
-    """One shoebox room response; returns ``(rir, room description)``."""
+# ---------------------------------------------------------------------------------------------------- rooms
+OCTAVE_CENTERS_HZ = (125, 250, 500, 1000, 2000, 4000, 8000, 16000)
+# energy attenuation of air, 1/m per octave band: ISO 9613-1 at 20 degC, 50 % RH, 101.325 kPa. pyroomacoustics'
+# own table stops at 8 kHz and extrapolates 16 kHz linearly (35e-3 instead of 84e-3).
+AIR_ABSORPTION = (0.10e-3, 0.30e-3, 0.63e-3, 1.07e-3, 2.28e-3, 6.83e-3, 24.2e-3, 83.9e-3)
+
+
+@dataclass(frozen=True)
+class RoomType:
+    """A class of rooms: probability, shoebox size ranges (m), mid-band RT60 range (s), talker/microphone
+    placement and the pyroomacoustics materials its walls, floor and ceiling are drawn from."""
+
+    probability: float
+    length: tuple[float, float]
+    width: tuple[float, float]  # as a fraction of the length (rooms) or in metres (cabins, booths)
+    height: tuple[float, float]
+    rt60: tuple[float, float]
+    margin: float  # closest distance of talker / microphone to a surface
+    min_distance: float  # closest talker-microphone distance
+    walls: tuple[str, ...]
+    floor: tuple[str, ...]
+    ceiling: tuple[str, ...]
+    width_is_fraction: bool = False
+
+
+_ROOM_WALLS = (
+    "hard_surface", "brickwork", "rough_concrete", "plasterboard", "gypsum_board", "wooden_lining",
+    "glass_window", "ceramic_tiles", "curtains_cotton_0.5", "curtains_velvet", "blinds_half_open",
+    "panel_fabric_covered_6pcf",
+)  # fmt: skip
+_ROOM_FLOORS = (
+    "carpet_cotton", "carpet_thin", "linoleum_on_concrete", "concrete_floor", "marble_floor", "audience_floor",
+    "stage_floor", "wood_16mm",
+)  # fmt: skip
+_ROOM_CEILINGS = (
+    "ceiling_plasterboard", "ceiling_fissured_tile", "ceiling_fibre_absorber", "ceiling_perforated_gypsum_board",
+    "ceiling_metal_panel", "hard_surface", "plasterboard",
+)  # fmt: skip
+# Cabins and booths give the short end (RT60 0.05-0.25 s, DRR high), ordinary and large rooms the rest.
+ROOM_TYPES: dict[str, RoomType] = {
+    "car": RoomType(
+        0.15, (1.5, 2.2), (1.2, 1.5), (1.0, 1.25), (0.05, 0.12), 0.2, 0.3,
+        walls=("glass_window", "glass_3mm", "chairs_upholstered_cloth", "chairs_upholstered_leather",
+               "chairs_heavy_upholstered"),
+        floor=("carpet_thin", "carpet_tufted_9.5mm", "carpet_rubber_5mm"),
+        ceiling=("felt_5mm", "carpet_thin", "curtains_fabric"),
+    ),
+    "booth": RoomType(
+        0.10, (1.0, 2.5), (1.0, 2.2), (2.0, 2.6), (0.06, 0.25), 0.25, 0.3,
+        walls=("rockwool_50mm_80kgm3", "mineral_wool_50mm_40kgm3", "panel_fabric_covered_8pcf",
+               "studio_curtains", "glass_window", "plasterboard", "wooden_door"),
+        floor=("carpet_soft_10mm", "carpet_cotton", "linoleum_on_concrete"),
+        ceiling=("ceiling_melamine_foam", "ceiling_fibre_absorber", "ceiling_perforated_gypsum_board"),
+    ),
+    "small": RoomType(
+        0.35, (2.5, 5.5), (0.6, 1.0), (2.3, 3.0), (0.2, 0.7), 0.4, 0.5,
+        _ROOM_WALLS, _ROOM_FLOORS, _ROOM_CEILINGS, width_is_fraction=True,
+    ),
+    "large": RoomType(
+        0.40, (5.5, 14.0), (0.5, 1.0), (2.6, 4.5), (0.4, 1.3), 0.5, 0.5,
+        _ROOM_WALLS, _ROOM_FLOORS, _ROOM_CEILINGS, width_is_fraction=True,
+    ),
+}  # fmt: skip
+WALL_NAMES = ("east", "west", "north", "south")
+
+
+@cache
+def material_bands(name: str) -> tuple[float, ...]:
+    """Energy absorption of pyroomacoustics material ``name`` in the :data:`OCTAVE_CENTERS_HZ` bands (bands the
+    database does not list, 8 and 16 kHz for some materials, keep the highest listed value)."""
     import pyroomacoustics as pra
 
-    length = rng.uniform(3, 14)
-    dims = np.array([length, length * rng.uniform(0.5, 1.0), rng.uniform(2.4, 4.5)])
-    dims[1] = max(dims[1], 2.5)
-    target = float(rng.uniform(*rt60_range))
-    try:
-        absorption, max_order = pra.inverse_sabine(target, dims)
-    except ValueError:  # room too small for that RT60: the most reverberant the room allows
-        absorption, max_order = 0.02, 60
-    # the image-source order is capped: beyond ~50 reflections per axis the tail adds < 1 % of energy at 48 kHz
-    max_order = int(min(max_order, 50))
-    margin = 0.5
-    src = rng.uniform(margin, dims - margin)
-    mic = rng.uniform(margin, dims - margin)
-    while np.linalg.norm(src - mic) < 0.5:
-        mic = rng.uniform(margin, dims - margin)
-    # Sabine's formula is off in long, flat rooms (flutter between close walls): correct the absorption from
-    # the measured decay, at most twice, so the bank covers the requested RT60 range.
-    for _ in range(3):
-        room = pra.ShoeBox(
-            dims, fs=sr, materials=pra.Material(float(absorption)), max_order=max_order, air_absorption=True
-        )
+    coeffs = list(pra.Material(name).energy_absorption["coeffs"])
+    return tuple(float(coeffs[min(i, len(coeffs) - 1)]) for i in range(len(OCTAVE_CENTERS_HZ)))
+
+
+def _scaled(alpha: np.ndarray, scale: float) -> np.ndarray:
+    # scale -ln(1 - alpha) (Eyring's absorption exponent) rather than alpha: the spectral shape of each material
+    # is kept and no coefficient passes 1
+    return np.clip(1.0 - (1.0 - alpha) ** scale, 0.001, 0.99)
+
+
+def _eyring_rt60(dims: np.ndarray, areas: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Eyring RT60 per octave band with air absorption; ``alpha`` is (surfaces, bands)."""
+    volume = float(np.prod(dims))
+    mean = np.sum(areas[:, None] * alpha, axis=0) / areas.sum()
+    air = np.asarray(AIR_ABSORPTION)
+    return 0.161 * volume / (-areas.sum() * np.log(1.0 - mean) + 4.0 * air * volume)
+
+
+def _scale_for_rt60(dims: np.ndarray, areas: np.ndarray, alpha: np.ndarray, target: float) -> float:
+    """The scale (see :func:`_scaled`) giving the mid-band (500 Hz, 1 kHz) Eyring RT60 ``target`` (bisection)."""
+    lo, hi = -12.0, 8.0  # log2 of the scale
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        rt60 = _eyring_rt60(dims, areas, _scaled(alpha, 2.0**mid))[2:4].mean()
+        lo, hi = (mid, hi) if rt60 > target else (lo, mid)
+    return 2.0 ** ((lo + hi) / 2)
+
+
+def band_rt60(rir: np.ndarray, sr: int, center_hz: float) -> float:
+    """RT60 of one octave band (Butterworth, filtered time-reversed so the filter's ringing does not lengthen
+    short decays; Schroeder fit as :func:`rir_metrics`); NaN where it cannot be measured."""
+    hi = min(center_hz * math.sqrt(2.0), 0.95 * sr / 2)
+    if hi <= center_hz / math.sqrt(2.0):
+        return float("nan")
+    sos = signal.butter(3, [center_hz / math.sqrt(2.0), hi], btype="bandpass", fs=sr, output="sos")
+    x = np.asarray(rir, dtype=np.float64)
+    return rir_metrics(signal.sosfilt(sos, x[::-1])[::-1], sr)["rt60"]
+
+
+def room_rt60s(rir: np.ndarray, sr: int) -> dict[str, float]:
+    """``rt60_mid`` (mean of the 500 Hz and 1 kHz octaves) and ``rt60_8k`` (the 8 kHz octave), seconds."""
+    return {
+        "rt60_mid": float(np.mean([band_rt60(rir, sr, 500.0), band_rt60(rir, sr, 1000.0)])),
+        "rt60_8k": band_rt60(rir, sr, 8000.0),
+    }
+
+
+def simulate_rir(
+    rng: np.random.Generator, sr: int = SAMPLE_RATE, room_type: str | None = None
+) -> tuple[np.ndarray, dict]:
+    """One shoebox room response of a room class drawn from :data:`ROOM_TYPES` (or ``room_type``); returns
+    ``(rir, room description)``."""
+    import pyroomacoustics as pra
+
+    names = list(ROOM_TYPES)
+    probs = np.array([ROOM_TYPES[n].probability for n in names])
+    drawn = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+    room_type = room_type or drawn
+    if room_type not in ROOM_TYPES:
+        raise ValueError(f"unknown room type {room_type!r}; expected one of {', '.join(ROOM_TYPES)}")
+    kind = ROOM_TYPES[room_type]
+    length = rng.uniform(*kind.length)
+    width = rng.uniform(*kind.width) * (length if kind.width_is_fraction else 1.0)
+    dims = np.array([length, max(width, 2.0 if kind.width_is_fraction else 1.0), rng.uniform(*kind.height)])
+    target = float(rng.uniform(*kind.rt60))
+    surfaces = {
+        **{w: kind.walls[int(rng.integers(len(kind.walls)))] for w in WALL_NAMES},
+        "floor": kind.floor[int(rng.integers(len(kind.floor)))],
+        "ceiling": kind.ceiling[int(rng.integers(len(kind.ceiling)))],
+    }
+    x, y, z = dims
+    areas = np.array([y * z, y * z, x * z, x * z, x * y, x * y])  # east, west, north, south, floor, ceiling
+    drawn_alpha = np.array([material_bands(surfaces[s]) for s in (*WALL_NAMES, "floor", "ceiling")])
+    # every surface gets the area-weighted mean spectrum of the drawn materials: with distinct materials per
+    # wall, the image-source model (which has no scattering) lets sound flutter between the two hardest
+    # parallel walls far longer than in a real room, and the decay misses its target by a factor of 2-3
+    alpha = np.sum(areas[:, None] * drawn_alpha, axis=0) / areas.sum()
+    # below 500 Hz, at least 70 % of the mid-band absorption: furniture, doors, windows and people absorb low
+    # frequencies that the database's massive constructions lack (otherwise T(125 Hz) reaches 5-10x T_mid;
+    # with the floor the bass ratio stays below about 1.5, as in real rooms)
+    alpha[:2] = np.maximum(alpha[:2], 0.7 * alpha[2:4].mean())
+    alpha = np.repeat(alpha[None, :], len(areas), axis=0)
+    src = rng.uniform(kind.margin, dims - kind.margin)
+    mic = rng.uniform(kind.margin, dims - kind.margin)
+    while np.linalg.norm(src - mic) < kind.min_distance:
+        mic = rng.uniform(kind.margin, dims - kind.margin)
+    scale = _scale_for_rt60(dims, areas, alpha, target)
+    # image-source order: enough reflections for the slowest band's decay, capped (beyond ~50 per axis the
+    # tail adds < 1 % of energy at 48 kHz)
+    slowest = float(_eyring_rt60(dims, areas, _scaled(alpha, scale)).max())
+    max_order = int(np.clip(math.ceil(343.0 * slowest / dims.min()), 3, 50))
+    # the image-source decay departs from Eyring's (few reflections in a cabin, a capped order in a hall):
+    # correct the scale from the measured mid-band decay, at most twice
+    for attempt in range(3):
+        coeffs = _scaled(alpha, scale)
+        materials = {
+            s: pra.Material({"coeffs": coeffs[i].tolist(), "center_freqs": list(OCTAVE_CENTERS_HZ)})
+            for i, s in enumerate((*WALL_NAMES, "floor", "ceiling"))
+        }
+        room = pra.ShoeBox(dims, fs=sr, materials=materials, max_order=max_order)
+        room.set_air_absorption(list(AIR_ABSORPTION), list(OCTAVE_CENTERS_HZ))
         room.add_source(src.tolist())
         room.add_microphone(mic.tolist())
         room.compute_rir()
         rir = np.asarray(room.rir[0][0], dtype=np.float64)
-        measured = rir_metrics(rir, sr)["rt60"]
-        if not np.isfinite(measured) or abs(measured - target) <= 0.15 * target:
+        measured = room_rt60s(rir, sr)["rt60_mid"]
+        if attempt == 2 or not np.isfinite(measured) or abs(measured - target) <= 0.15 * target:
             break
-        absorption = float(np.clip(absorption * measured / target, 0.01, 0.99))
+        scale = float(np.clip(scale * measured / target, 2.0**-12, 2.0**8))
     rir = rir / np.abs(rir).max() * 0.9
     desc = {
+        "room_type": room_type,
         "room_dims": dims.round(3).tolist(),
+        "materials": surfaces,
+        "absorption": [round(float(a), 4) for a in _scaled(alpha[0], scale)],
         "target_rt60": round(target, 4),
-        "absorption": float(absorption),
+        "absorption_scale": float(scale),
         "max_order": max_order,
-        "measured_rt60": float(measured),
+        "measured_rt60_mid": float(measured),
         "distance_m": float(np.linalg.norm(src - mic)),
     }
     return rir.astype(np.float32), desc
 
 
 def make_rir_bank(out_dir: str | Path, count: int = 50, seed: int = 0, progress: bool = True) -> Path:
-    """Simulate ``count`` rooms into ``out_dir/rir_NNNNN.flac`` + manifest (with rt60, drr, c50)."""
+    """Simulate ``count`` rooms into ``out_dir/rooms/rir_NNNNN.flac`` + manifest: measured ``rt60`` (broadband),
+    ``drr``, ``c50``, ``rt60_mid`` and ``rt60_8k`` (octave bands), ``room_type`` and ``target_rt60``."""
     from tqdm import tqdm
 
     from datasets.scan import scan_to_manifest
@@ -137,10 +295,15 @@ def make_rir_bank(out_dir: str | Path, count: int = 50, seed: int = 0, progress:
     extra: dict[str, dict] = {}
     for i in tqdm(range(count), desc="rir bank", unit="room", disable=not progress, leave=False):
         rng = np.random.default_rng([seed, stable_hash(f"rir/{i}")])
-        rir, _ = simulate_rir(rng)
+        rir, desc = simulate_rir(rng)
         path = out_dir / "rooms" / f"rir_{i:05d}.flac"
         write_audio(path, rir, SAMPLE_RATE)
-        extra[str(path.absolute())] = rir_metrics(rir, SAMPLE_RATE)
+        extra[str(path.absolute())] = {
+            **rir_metrics(rir, SAMPLE_RATE),
+            **room_rt60s(rir, SAMPLE_RATE),
+            "room_type": desc["room_type"],
+            "target_rt60": desc["target_rt60"],
+        }
     manifest = out_dir / "manifest.parquet"
     scan_to_manifest([out_dir], manifest, kind="rir", name="simrir", progress=False, extra_columns=extra)
     return manifest
@@ -190,6 +353,36 @@ def _clicks(n: int, rng: np.random.Generator, sr: int) -> np.ndarray:
     return x
 
 
+def _wind(n: int, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """Wind on a microphone: low-frequency turbulence (mostly below ~500 Hz) whose level follows gusts, brighter
+    when stronger, and overloads the microphone (tanh saturation) in the strongest gusts of half the files.
+
+    The gusts are a log-normal wind speed whose logarithm is Gaussian noise low-passed at 0.3-1.5 Hz; the noise
+    pressure grows with the square of the speed (dynamic pressure). Loosely after Mirabilii & Habets' wind
+    noise simulator, which URGENT 2025 uses; a demo stand-in for recorded wind.
+    """
+    rate = 100  # envelope rate, Hz
+    m = n * rate // sr + 2
+    sos = signal.butter(2, rng.uniform(0.3, 1.5), fs=rate, output="sos")
+    log_speed = signal.sosfiltfilt(sos, rng.standard_normal(m + 2 * rate))[rate : rate + m]
+    log_speed *= rng.uniform(0.25, 0.5) / (log_speed.std() + 1e-12)
+    speed = np.interp(np.arange(n) * rate / sr, np.arange(m), np.exp(log_speed))
+    # turbulence spectrum: flat below a corner at 30-80 Hz, falling as f^-(1.8..2.5) in power above it, with
+    # a second-order roll-off below 15-30 Hz (a microphone's rumble filter)
+    f = np.fft.rfftfreq(n, 1.0 / sr)
+    corner, exponent, rumble_hz = rng.uniform(30, 80), rng.uniform(1.8, 2.5), rng.uniform(15, 30)
+    shape = (f / rumble_hz) ** 2 / (1.0 + (f / rumble_hz) ** 2) / np.sqrt(1.0 + (f / corner) ** exponent)
+    rumble = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * shape, n)
+    rumble /= np.sqrt(np.mean(rumble**2)) + 1e-12
+    hiss = signal.sosfilt(
+        signal.butter(2, [400, 4000], "bandpass", fs=sr, output="sos"), colored_noise(n, 1.0, rng)
+    )
+    x = rumble * speed**2 + rng.uniform(0.005, 0.03) * hiss * speed**3
+    if rng.random() < 0.5:  # overload: the strongest gusts saturate
+        x = np.tanh(rng.uniform(1.2, 2.5) * x / (np.abs(x).max() + 1e-12))
+    return x
+
+
 def make_noise(kind: str, seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
     n = int(seconds * sr)
     if kind in ("white", "pink", "brown"):
@@ -200,6 +393,8 @@ def make_noise(kind: str, seconds: float, rng: np.random.Generator, sr: int = SA
         x = _hum(n, rng, sr)
     elif kind == "clicks":
         x = _clicks(n, rng, sr)
+    elif kind == "wind":
+        x = _wind(n, rng, sr)
     else:
         raise ValueError(f"unknown noise type {kind!r}; expected one of {', '.join(NOISE_TYPES)}")
     return (x / (np.abs(x).max() + 1e-12) * rng.uniform(0.3, 0.9)).astype(np.float32)

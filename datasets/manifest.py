@@ -2,7 +2,8 @@
 
 Columns (see the README, "Corpora and manifests"): ``id`` (stable, ``[A-Za-z0-9_-]``), ``path`` (absolute
 path or URI), ``sample_rate``, ``channels``, ``frames``, ``duration_s``, ``speaker``, ``corpus``, ``split``,
-``kind``; RIR manifests add ``rt60``, ``drr``, ``c50``; noise manifests add ``noise_type``. Rows are sorted by
+``kind``; RIR manifests add ``rt60``, ``drr``, ``c50`` (generated rooms also ``rt60_mid``, ``rt60_8k``,
+``target_rt60``, ``room_type``); noise manifests add ``noise_type``. Rows are sorted by
 ``id`` and written with a fixed schema, so the same corpus gives the same bytes. How the manifest was made (the
 scan settings that decide its rows, e.g. which VCTK microphone) is stored as JSON in the Parquet metadata under
 ``hires`` (:func:`manifest_metadata`).
@@ -42,7 +43,10 @@ BASE_FIELDS = [
 KIND_FIELDS = {
     "speech": [],
     "noise": [pa.field("noise_type", pa.string())],
-    "rir": [pa.field("rt60", pa.float64()), pa.field("drr", pa.float64()), pa.field("c50", pa.float64())],
+    "rir": [pa.field("rt60", pa.float64()), pa.field("drr", pa.float64()), pa.field("c50", pa.float64())]
+    # generated rooms (datasets.banks.make_rir_bank) also record octave-band RT60s and their class and target
+    + [pa.field(name, pa.float64()) for name in ("rt60_mid", "rt60_8k", "target_rt60")]
+    + [pa.field("room_type", pa.string())],
 }
 
 _ID_BAD = re.compile(r"[^A-Za-z0-9_-]+")

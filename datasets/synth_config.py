@@ -1,9 +1,9 @@
 """Typed configuration of the synthesis job (``configs/synth/default.yaml``).
 
 Sections: ``segment`` (how clean utterances are cut into fixed-length samples), ``shards`` (how samples are
-grouped and encoded), ``ray`` (execution only: CPUs per task; it never changes the output bytes
-and is therefore left out of the output identity, see :func:`output_sha256`) and ``chain`` (the degradation
-chain, owned by :mod:`degradations`). Defaults here equal the shipped YAML.
+grouped and encoded), ``banks`` (which bank files may be drawn), ``ray`` (execution only: CPUs per task; it never
+changes the output bytes and is therefore left out of the output identity, see :func:`output_sha256`) and
+``chain`` (the degradation chain, owned by :mod:`degradations`). Defaults here equal the shipped YAML.
 """
 
 from __future__ import annotations
@@ -76,12 +76,25 @@ class RayConfig(StrictModel):
     cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved by one shard-rendering task")
 
 
+class BanksConfig(StrictModel):
+    """Which noise and RIR bank files planning may draw."""
+
+    min_sample_rate: int | None = Field(
+        None,
+        gt=0,
+        description="draw only bank files recorded at this rate or above; null: the output rate (a file "
+        "below it, upsampled, would band-limit the degraded input unlabelled); each sample's json records the "
+        "native rates it used",
+    )
+
+
 class SynthConfig(StrictModel):
     """Everything that defines a synthesised corpus besides the manifests and the seed."""
 
     segment: SegmentConfig = SegmentConfig()
     shards: ShardsConfig = ShardsConfig()
     ray: RayConfig = RayConfig()
+    banks: BanksConfig = BanksConfig()
     chain: ChainConfig = Field(default_factory=ChainConfig)
 
 

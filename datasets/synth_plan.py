@@ -4,10 +4,11 @@ Pure and cheap (no audio is read). Every clean utterance of the manifest is cut 
 ``segment.seconds`` (5.12 s = 245 760 samples at 48 kHz); the last piece is zero-padded with its valid length
 recorded, or dropped (``segment.tail``, ``segment.min_tail_seconds``). Each sample gets the key
 ``{utt_id}_{seg:04d}`` and its degradation steps ``degradations.plan(key, seed, chain, catalog)``: a pure function
-of (seed, key, chain config, bank catalogue). Samples are ordered by (split, key) and grouped into shards of
-``shards.samples_per_shard`` samples (a new shard starts at each split); ``auto`` derives that size from the
-number of samples alone (:func:`auto_samples_per_shard`), never from the machine, so the output is the same for
-any number of workers.
+of (seed, key, chain config, bank catalogue), the catalogue holding only bank files recorded at or above
+``banks.min_sample_rate`` (default: the output rate). Samples are ordered by (split, key) and grouped into
+shards of ``shards.samples_per_shard`` samples (a new shard starts at each split); ``auto`` derives that size
+from the number of samples alone (:func:`auto_samples_per_shard`), never from the machine, so the output is the
+same for any number of workers.
 
 ``plan.parquet`` stores the table with one row group per shard (a render task reads exactly its own rows) and,
 in its schema metadata, the run identity (what a rerun must match to keep existing shards) and the recipe
@@ -65,6 +66,7 @@ class PlanStats:
     segments: int = 0
     dropped_tails: int = 0
     dropped_utterances: int = 0
+    bank_files_below_rate: int = 0  # bank files not drawn: recorded below banks.min_sample_rate
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -118,8 +120,10 @@ def resolve_config(cfg: SynthConfig, samples: int) -> SynthConfig:
 
 def _rows_and_stats(clean, cfg: SynthConfig, seed: int, catalog) -> tuple[list[dict], PlanStats]:
     from degradations import plan as plan_chain
+    from degradations.banks import rate_filtered_catalog
 
     stats = PlanStats()
+    catalog, stats.bank_files_below_rate = rate_filtered_catalog(catalog or {}, cfg.banks.min_sample_rate)
     rows = []
     for r in clean.sort_values("id", kind="stable").itertuples(index=False):
         stats.utterances += 1
@@ -260,6 +264,45 @@ def plan_summary(table: pa.Table, segment_seconds: float = SegmentConfig().secon
             }
             for name, rates in sorted(codecs.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
         },
+        "stats": planned_stats(rows),
+    }
+
+
+NEAR_CLEAN_SNR_DB = 20.0
+
+
+def planned_stats(rows: list[dict]) -> dict[str, Any]:
+    """Planned noise SNR (percentiles, share of near-clean samples: no noise or an SNR of 20 dB or more), band
+    limits drawn, and the operator pairs drawn together most often (loudness and peak left out). The histograms
+    of these and of what rendering measured are ``hires shards stats DIR``'s."""
+    snr: list[float] = []
+    limits: list[float] = []
+    pairs: Counter[str] = Counter()
+    for row in rows:
+        steps = json.loads(row["steps"])
+        for step in steps:
+            params = step["params"]
+            if step["op"] == "noise" and params.get("snr_db") is not None:
+                snr.append(float(params["snr_db"]))
+            if step["op"] == "bandwidth":
+                cutoff, rate = params.get("cutoff_hz"), params.get("rate_hz")
+                if cutoff is not None or rate is not None:
+                    limits.append(float(cutoff) if cutoff is not None else float(rate) / 2)
+        names = sorted({step["op"] for step in steps} - {"loudness", "peak"})
+        pairs.update(f"{a}+{b}" for i, a in enumerate(names) for b in names[i + 1 :])
+    n = len(rows)
+
+    def pct(values: list[float]) -> dict[str, float] | None:
+        if not values:
+            return None
+        p5, p50, p95 = np.percentile(np.asarray(values), [5, 50, 95])
+        return {"p5": round(float(p5), 2), "median": round(float(p50), 2), "p95": round(float(p95), 2)}
+
+    return {
+        "snr_db": pct(snr),
+        "near_clean": round((sum(v >= NEAR_CLEAN_SNR_DB for v in snr) + n - len(snr)) / n, 4) if n else None,
+        "band_limit_hz": pct(limits),
+        "pairs": dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
     }
 
 
@@ -279,4 +322,21 @@ def format_plan_summary(summary: dict[str, Any]) -> list[str]:
         for name, c in summary["codecs"].items():
             rates = ", ".join(f"{rate}: {k}" for rate, k in c["kbps"].items())
             lines.append(f"  {name:<12} {c['samples']:>7}  {100 * c['samples'] / total:5.1f} %  ({rates})")
+    stats = summary.get("stats") or {}
+    if stats:
+        lines.append("planned values (histograms: hires shards stats DIR):")
+        if stats["snr_db"]:
+            q = stats["snr_db"]
+            lines.append(f"  noise SNR    median {q['median']:g} dB, 5-95 %: {q['p5']:g} to {q['p95']:g} dB")
+        lines.append(f"  near-clean   {100 * (stats['near_clean'] or 0):5.1f} % (no noise, or SNR >= 20 dB)")
+        if stats["band_limit_hz"]:
+            q = stats["band_limit_hz"]
+            lines.append(
+                f"  band limit   median {q['median'] / 1000:g} kHz, 5-95 %: {q['p5'] / 1000:g}-{q['p95'] / 1000:g} kHz"
+            )
+        if stats["pairs"]:
+            lines.append(
+                "  drawn together: "
+                + ", ".join(f"{p} {100 * c / n:.0f} %" for p, c in stats["pairs"].items())
+            )
     return lines

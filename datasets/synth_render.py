@@ -131,6 +131,7 @@ def render_sample(
     Raises :class:`AudioError` for a source slice with non-finite samples (synthesis records a reject).
     """
     from degradations import fit_length, render
+    from degradations.banks import native_rates
 
     out_sr = cfg.segment.sample_rate
     if sr != out_sr:
@@ -140,6 +141,7 @@ def render_sample(
         raise AudioError(f"{row['path']}: non-finite samples")
     out = render(clean, out_sr, json.loads(row["steps"]), banks, valid=row["valid"])
     meta = sample_metadata(row, cfg, seed, out.report, code_version)
+    meta.update(native_rates(banks, out.report))  # noise_sample_rate, rir_sample_rate of the bank files used
     return RenderedSample(row["key"], pcm_safe(out.target), pcm_safe(out.degraded), meta)
 
 

@@ -8,8 +8,12 @@ microphones would smear the direct path). The cache holds 384 MB by default; ``H
 What operators compute from an entry alone (a prepared RIR, its spectrum) is kept the same way, once per process,
 in a second cache of the same size (:meth:`Banks.derived`).
 
-:meth:`Banks.catalog` is what :func:`degradations.plan` sees: ids sorted, frames and RIR acoustics, no paths, so a
-plan does not depend on where the files live or in which order a manifest lists them.
+:meth:`Banks.catalog` is what :func:`degradations.plan` sees: ids sorted, frames, native sample rate and RIR
+acoustics, no paths, so a plan does not depend on where the files live or in which order a manifest lists them.
+:func:`rate_filtered_catalog` drops the files recorded below a rate: planning draws by default only bank files at or
+above the output rate, since a 16 kHz RIR or noise, upsampled, low-passes the whole degraded input at 8 kHz
+while the sample is labelled only "reverb" or "noise" (``banks.min_sample_rate`` in the synthesis config lowers
+the bar; each sample's metadata then tells the native rates it used, :func:`native_rates`).
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ _RIR_METRICS: dict[
     tuple, dict[str, float | None]
 ] = {}  # measured once per RIR and process (a few floats each)
 ROOM_KEYS = ("rt60", "drr", "c50")
+BANK_KINDS = ("noise", "rir")
 
 
 def audio_cache() -> _ByteLRU:
@@ -146,7 +151,7 @@ def _entries_from_manifest(path: str | Path, kind: str, split: str | None) -> di
         if "split" not in df.columns:
             raise DataError(f"{path}: {kind} manifest has no column 'split' to select {split!r}")
         df = df[df["split"] == split]
-    meta_columns = ("rt60", "drr", "c50") if kind == "rir" else ("noise_type",)
+    meta_columns = ("rt60", "drr", "c50", "rt60_mid", "rt60_8k") if kind == "rir" else ("noise_type",)
     entries: dict[str, BankEntry] = {}
     for row in df.itertuples(index=False):
         rid = str(row.id)
@@ -318,15 +323,54 @@ class Banks:
     # --------------------------------------------------------------------------------------------- catalogue
 
     def catalog(self) -> dict[str, Any]:
-        """Small JSON-able description for planning: per kind, entries sorted by id with frames at ``sr``."""
+        """Small JSON-able description for planning: per kind, entries sorted by id with frames at ``sr`` and the
+        file's native ``sample_rate`` (every entry; :func:`rate_filtered_catalog` selects by rate)."""
 
         def frames_at_sr(e: BankEntry) -> int:
             return int(round(e.frames * self.sr / e.sample_rate)) if e.sample_rate else e.frames
 
         out: dict[str, Any] = {"sample_rate": self.sr}
         for kind, table in self._entries.items():
-            out[kind] = [{"id": e.id, "frames": frames_at_sr(e), **e.meta} for _, e in sorted(table.items())]
+            out[kind] = [
+                {"id": e.id, "frames": frames_at_sr(e), "sample_rate": e.sample_rate, **e.meta}
+                for _, e in sorted(table.items())
+            ]
         return out
 
     def __repr__(self) -> str:
         return f"Banks(sr={self.sr}, noise={len(self._entries['noise'])}, rir={len(self._entries['rir'])})"
+
+
+def rate_filtered_catalog(catalog: Mapping[str, Any], min_sample_rate: int | None = None) -> tuple[dict, int]:
+    """``(catalog without the bank files recorded below min_sample_rate, number of files left out)``.
+
+    ``min_sample_rate`` None means the catalogue's own rate (the output rate): only files at or above it are
+    drawn. A bank whose every file is below the bar is a :class:`DataError` naming the rates, rather than a
+    chain that silently never plans reverb (or noise). Entries without a ``sample_rate`` are kept.
+    """
+    bar = int(catalog.get("sample_rate", 0) if min_sample_rate is None else min_sample_rate)
+    out = dict(catalog)
+    dropped = 0
+    for kind in BANK_KINDS:
+        entries = list(catalog.get(kind) or [])
+        kept = [e for e in entries if int(e.get("sample_rate") or bar) >= bar]
+        if entries and not kept:
+            rates = sorted({int(e["sample_rate"]) for e in entries})
+            raise DataError(
+                f"{kind} bank: all {len(entries)} files are below {bar} Hz (native rates "
+                f"{', '.join(map(str, rates))} Hz); set banks.min_sample_rate to {rates[-1]} to draw them anyway"
+            )
+        dropped += len(entries) - len(kept)
+        out[kind] = kept
+    return out, dropped
+
+
+def native_rates(banks: Banks | None, report: Mapping[str, Any]) -> dict[str, int | None]:
+    """``noise_sample_rate`` and ``rir_sample_rate``: the native rates of the bank files a rendered sample used
+    (from its report's ``noise_id`` / ``rir_id``; None where that step did not run)."""
+    out: dict[str, int | None] = {}
+    for kind in BANK_KINDS:
+        bank_id = report.get(f"{kind}_id")
+        entry = banks.entry(kind, bank_id) if banks is not None and bank_id is not None else None
+        out[f"{kind}_sample_rate"] = entry.sample_rate if entry is not None else None
+    return out

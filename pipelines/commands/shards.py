@@ -46,6 +46,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(func=run_list)
 
+    stats = ssub.add_parser(
+        "stats",
+        help="histograms of a corpus's degradations (PNG + JSON report)",
+        description="Measure every sample of DIR (or, before rendering, its plan) and write a report: stats.json "
+        "(histograms of target and achieved SNR, effective bandwidth measured on the degraded audio, codec and "
+        "bit rate, RT60/DRR, clipped fraction, loudness of target and degraded, operator counts and "
+        "co-occurrence), samples.jsonl and PNG plots (overview.png and one per topic).",
+    )
+    stats.add_argument("dir", help="synthesis output directory or s3:// prefix")
+    stats.add_argument("--out", help="report folder (default: ./<DIR name>-stats)")
+    stats.add_argument("--split", help="only this split (train, valid, test)")
+    stats.add_argument("--limit", type=int, help="only the first N samples")
+    stats.add_argument("--workers", type=int, default=4, help="shards read in parallel (default 4)")
+    stats.set_defaults(func=run_stats)
+
 
 def run_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -91,4 +106,22 @@ def run_list(args: argparse.Namespace) -> int:
     print("\t".join(LIST_COLUMNS))
     for row in rows:
         print("\t".join([*(str(row[c]) for c in LIST_COLUMNS[:-1]), ",".join(row["ops"])]))
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from pipelines.shard_stats import corpus_stats
+
+    name = args.dir.rstrip("/").rsplit("/", 1)[-1] or "corpus"
+    out = Path(args.out) if args.out else Path.cwd() / f"{name}-stats"
+    with tqdm(unit="sample", disable=args.quiet, desc="stats") as bar:
+        report = corpus_stats(
+            args.dir, out, workers=args.workers, split=args.split, limit=args.limit, on_shard=bar.update
+        )
+    for line in report.lines():
+        print(line)
     return 0

@@ -99,6 +99,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_recipe_args(plan, required=False)  # checked in run_plan(), so --print-config needs none of them
     _add_lease_arg(plan)
+    plan.add_argument(
+        "--stats",
+        metavar="REPORT_DIR",
+        help="also write histograms of the planned values there (PNG + JSON, as `hires shards stats`)",
+    )
     plan.set_defaults(func=run_plan)
 
     render = phases.add_parser(
@@ -182,6 +187,10 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"wrote {result.plan_path} ({result.summary['samples_per_shard']} samples per shard)")
     for line in format_plan_summary(result.summary):
         print(line)
+    if args.stats:
+        from pipelines.shard_stats import corpus_stats
+
+        print("\n".join(corpus_stats(result.out, args.stats, source="plan").lines()))
     print(f"render it with: hires synth render {result.out}")
     return 0
 

@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 
 from datasets.audio import read_audio
-from datasets.banks import NOISE_TYPES, direct_path_index, make_noise_bank, make_rir_bank, rir_metrics
+from datasets.banks import (
+    NOISE_TYPES,
+    ROOM_TYPES,
+    direct_path_index,
+    make_noise,
+    make_noise_bank,
+    make_rir_bank,
+    rir_metrics,
+    room_rt60s,
+    simulate_rir,
+)
 from datasets.demo import make_demo_corpus
 from datasets.manifest import read_manifest
 
@@ -61,10 +71,39 @@ def test_rir_bank_is_deterministic_and_measured(tmp_path):
     a = make(tmp_path / "a")
     assert regenerate_digest(make, a.parent) == tree_digest(a.parent)
     df = read_manifest(a, kind="rir")
-    assert len(df) == 4 and df.rt60.between(0.1, 2.0).all()
+    # broadband rt60 (Schroeder on the whole response) runs above the mid-band one: low frequencies decay last
+    assert len(df) == 4 and df.rt60.between(0.03, 2.5).all()
     assert df.drr.notna().all() and df.c50.notna().all()
+    assert set(df.room_type) <= set(ROOM_TYPES)
+    # the mid-band RT60 meets the room's target (the simulation corrects its absorption from the measurement)
+    assert (abs(df.rt60_mid - df.target_rt60) <= 0.25 * df.target_rt60).all()
     rir, sr = read_audio(df.path.iloc[0])
     assert rir_metrics(rir, sr)["rt60"] == pytest.approx(df.rt60.iloc[0], rel=0.02)
+    assert room_rt60s(rir, sr)["rt60_mid"] == pytest.approx(df.rt60_mid.iloc[0], rel=0.02)
+
+
+def test_room_types_reach_cars_and_booths():
+    assert min(t.rt60[0] for t in ROOM_TYPES.values()) == 0.05
+    assert max(t.rt60[1] for t in ROOM_TYPES.values()) == 1.3
+    assert sum(t.probability for t in ROOM_TYPES.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("room_type", ["car", "large"])
+def test_rooms_absorb_high_frequencies_more(room_type):
+    rng = np.random.default_rng(5)
+    rir, desc = simulate_rir(rng, room_type=room_type)
+    again, _ = simulate_rir(np.random.default_rng(5), room_type=room_type)
+    np.testing.assert_array_equal(rir, again)
+    assert desc["room_type"] == room_type and len(desc["absorption"]) == 8  # octave bands 125 Hz - 16 kHz
+    assert len(set(desc["absorption"])) > 1, "materials absorb differently per band"
+    rt = room_rt60s(rir, 48000)
+    low, high = ROOM_TYPES[room_type].rt60
+    assert 0.75 * low <= rt["rt60_mid"] <= 1.25 * high
+    assert rt["rt60_8k"] < rt["rt60_mid"], "high frequencies decay faster (materials and air)"
+    if room_type == "car":
+        assert (
+            rt["rt60_mid"] <= 0.15 and rir_metrics(rir, 48000)["drr"] > 0
+        )  # a cabin: short, direct sound wins
 
 
 def test_noise_bank_has_every_type_and_is_deterministic(tmp_path):
@@ -83,6 +122,24 @@ def test_noise_bank_has_every_type_and_is_deterministic(tmp_path):
         return s[len(s) // 2 :].sum() / s.sum()
 
     assert hf_fraction(white) > 0.3 > 0.01 > hf_fraction(brown)
+
+
+def test_wind_noise_is_low_frequency_and_gusty():
+    def level_spread_db(x):  # 10th to 90th percentile of 100 ms frame levels
+        frames = x[: len(x) // 4800 * 4800].reshape(-1, 4800).astype(np.float64)
+        level = 10 * np.log10((frames**2).mean(axis=1) + 1e-20)
+        return np.percentile(level, 90) - np.percentile(level, 10)
+
+    for seed in range(3):
+        wind = make_noise("wind", 6.0, np.random.default_rng(seed))
+        np.testing.assert_array_equal(wind, make_noise("wind", 6.0, np.random.default_rng(seed)))
+        assert wind.dtype == np.float32 and len(wind) == 6 * 48000 and np.abs(wind).max() <= 0.9
+        spectrum = np.abs(np.fft.rfft(wind.astype(np.float64))) ** 2
+        freqs = np.fft.rfftfreq(len(wind), 1 / 48000)
+        assert spectrum[freqs < 500].sum() / spectrum.sum() > 0.7
+        assert spectrum[freqs < 10].sum() / spectrum.sum() < 0.05  # rumble-filtered, no DC drift
+        assert level_spread_db(wind) > 8.0  # gusts
+    assert level_spread_db(make_noise("pink", 6.0, np.random.default_rng(0))) < 6.0
 
 
 def test_rir_metrics_of_a_known_decay():

@@ -76,3 +76,94 @@ def test_memory_banks_pickle_with_their_audio(memory_banks):
     clone = pickle.loads(pickle.dumps(memory_banks))
     np.testing.assert_array_equal(clone.noise("white"), memory_banks.noise("white"))
     assert clone.catalog() == memory_banks.catalog()
+
+
+# ------------------------------------------------------------------------------ native rates of bank files
+
+
+def test_catalog_records_each_files_native_rate(file_banks):
+    ctx = file_banks.catalog()
+    rates = {e["id"]: e["sample_rate"] for kind in ("noise", "rir") for e in ctx[kind]}
+    assert rates == {
+        "babble": 48000,
+        "fan": 48000,
+        "hum": 16000,
+        "room_a": 48000,
+        "room_b": 48000,
+        "shoebox": 16000,
+    }
+
+
+def test_only_files_at_or_above_the_output_rate_are_drawable_by_default(file_banks):
+    from degradations.banks import rate_filtered_catalog
+
+    ctx, dropped = rate_filtered_catalog(file_banks.catalog())
+    assert [e["id"] for e in ctx["rir"]] == ["room_a", "room_b"] and dropped == 2
+    assert [e["id"] for e in ctx["noise"]] == ["babble", "fan"]
+    everything, none_dropped = rate_filtered_catalog(file_banks.catalog(), 16000)
+    assert everything == file_banks.catalog() and none_dropped == 0
+
+
+def test_a_bank_entirely_below_the_rate_is_an_error_naming_the_rates(file_banks):
+    from datasets.errors import DataError
+    from degradations.banks import rate_filtered_catalog
+
+    ctx = file_banks.catalog()
+    ctx["rir"] = [e for e in ctx["rir"] if e["id"] == "shoebox"]
+    with pytest.raises(
+        DataError, match=r"rir bank: all 1 files are below 48000 Hz \(native rates 16000 Hz\)"
+    ):
+        rate_filtered_catalog(ctx)
+
+
+def _plan_rows(banks, n: int, min_sample_rate: int | None):
+    import pandas as pd
+
+    from datasets.synth_config import load_synth_config
+    from datasets.synth_plan import plan_rows
+
+    cfg = load_synth_config(
+        overrides={
+            "segment.seconds": 0.5,
+            "segment.min_tail_seconds": 0.5,
+            "banks.min_sample_rate": min_sample_rate,
+            "chain.reverb.probability": 1.0,
+            "chain.noise.probability": 1.0,
+            "chain.extras.count_probabilities": [1.0],
+        }
+    )
+    clean = pd.DataFrame(
+        {
+            "id": [f"utt{i:03d}" for i in range(n)],
+            "path": [f"/nowhere/utt{i:03d}.flac" for i in range(n)],
+            "sample_rate": 48000,
+            "frames": 24000,
+            "speaker": "spk",
+            "corpus": "test",
+            "split": "train",
+        }
+    )
+    return cfg, plan_rows(clean, cfg, 0, banks.catalog())
+
+
+def _drawn(rows, op: str, key: str) -> set[str]:
+    import json
+
+    return {s["params"][key] for r in rows for s in json.loads(r["steps"]) if s["op"] == op}
+
+
+def test_a_16k_rir_is_not_drawn_by_default_and_is_recorded_when_allowed(file_banks):
+    from datasets.synth_render import render_sample
+
+    _, rows = _plan_rows(file_banks, 60, None)
+    assert _drawn(rows, "reverb", "rir_id") == {"room_a", "room_b"}
+    assert _drawn(rows, "noise", "noise_id") == {"babble", "fan"}
+
+    cfg, rows = _plan_rows(file_banks, 60, 16000)
+    assert "shoebox" in _drawn(rows, "reverb", "rir_id") and "hum" in _drawn(rows, "noise", "noise_id")
+    row = next(r for r in rows if '"rir_id":"shoebox"' in r["steps"])
+    x = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
+    meta = render_sample(row, x, 48000, cfg, 0, file_banks, "test").meta
+    noise_id = next(s["params"]["noise_id"] for s in meta["ops"] if s["op"] == "noise")
+    assert meta["rir_sample_rate"] == 16000
+    assert meta["noise_sample_rate"] == {"hum": 16000}.get(noise_id, 48000)
