@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from datasets.audio import AUDIO_EXTENSIONS, read_audio, write_audio
-from datasets.errors import DataError, UsageError
+from datasets.errors import DataError, HiresError, UsageError
 from training import metrics as metric_defs
 
 log = logging.getLogger(__name__)
@@ -393,9 +393,18 @@ def evaluate_folders(
 # --------------------------------------------------------------------------------------------------- shards
 
 
+@dataclass
+class Unreadable:
+    """A sample (or the rest of a shard) that does not decode: listed as not scored, the evaluation goes on."""
+
+    item: str
+    reason: str
+
+
 def split_samples(shards: str, split: str, limit: int | None = None) -> Iterator:
-    """The decoded samples of ``split`` in index order (at most ``limit``); a one-line :class:`UsageError` naming
-    the splits present when the split has none."""
+    """The decoded samples of ``split`` in index order (at most ``limit``), an :class:`Unreadable` in place of a
+    sample that does not decode or of a shard's unreadable rest; a one-line :class:`UsageError` naming the
+    splits present when the split has none."""
     from datasets import shards as shard_format
 
     index = shard_format.read_index(shards)
@@ -412,11 +421,18 @@ def split_samples(shards: str, split: str, limit: int | None = None) -> Iterator
     def generate() -> Iterator:
         n = 0
         for entry in entries:
-            for sample in shard_format.iter_samples(shard_format.shard_path(shards, entry["name"])):
-                if limit is not None and n >= limit:
-                    return
-                n += 1
-                yield sample
+            path = shard_format.shard_path(shards, entry["name"])
+            try:
+                for raw in shard_format.iter_raw_samples(path):
+                    if limit is not None and n >= limit:
+                        return
+                    n += 1
+                    try:
+                        yield shard_format.decode_sample(raw)
+                    except DataError as e:
+                        yield Unreadable(raw.key, str(e))
+            except (DataError, OSError) as e:  # a truncated or missing tar: its remaining samples are lost
+                yield Unreadable(entry["name"], str(e))
 
     return generate()
 
@@ -522,6 +538,10 @@ def evaluate_shards(
     with _progress(n, f"evaluate {split}", progress) as bar:
         bar.unit = "clip"
         for sample in samples:
+            if isinstance(sample, Unreadable):
+                failed.append({"item": sample.item, "reason": sample.reason})
+                bar.update(1)
+                continue
             key = sample.key
             items.append(key)
             if cache.has(key, systems):
@@ -532,7 +552,9 @@ def evaluate_shards(
             types = degradation_types(sample.meta)
             try:
                 signals = _restore_sample(restorer, degraded, sample.sample_rate, options, counts, final)
-            except DataError as e:
+            except (
+                HiresError
+            ) as e:  # an input the restorer refuses (too short, ...): listed, the rest goes on
                 failed.append({"item": key, "reason": str(e)})
                 bar.update(1)
                 continue

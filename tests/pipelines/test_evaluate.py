@@ -269,3 +269,30 @@ def test_cli_restores_with_a_bundle_and_logs_to_mlflow(run_dir, tmp_path, capsys
     assert steps == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/report.json", "evaluation/report.md", "evaluation/iterations.png"} <= artifacts
+
+
+def test_an_undecodable_sample_is_listed_and_the_rest_scored(tmp_path):
+    run = tmp_path / "run"
+    (run / shard_format.SHARDS_DIR).mkdir(parents=True)
+    buf = io.BytesIO()
+    clean = tone(1.2, 0)
+    with shard_format.ShardWriter(buf) as writer:
+        writer.add("bad_0000", encode_audio(clean, SR), b"not a flac", {"split": "test", "ops": []})
+        writer.add(
+            "good_0000", encode_audio(clean, SR), encode_audio(0.9 * clean, SR), {"split": "test", "ops": []}
+        )
+    data = buf.getvalue()
+    name = shard_format.shard_name(0)
+    (run / shard_format.SHARDS_DIR / name).write_bytes(data)
+    entry = {"name": name, "split": "test", "samples": 2, "seconds": 2.4, "bytes": len(data),
+             "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    index = {"format_version": shard_format.FORMAT_VERSION, "code_version": "test", "seed": 0, "config": {},
+             "sample_rate": SR, "segment_samples": len(clean), "shards": [entry]}  # fmt: skip
+    (run / shard_format.INDEX_FILE).write_bytes(shard_format.index_bytes(index))
+    report = evaluate_shards(
+        str(run), "test", StandIn(), str(tmp_path / "r"), progress=False, examples=0, metrics=["si_sdr"]
+    )
+    assert report.items == 1 and report.per_type == {"none": report.per_type["none"]}
+    assert [f["item"] for f in report.failed] == ["bad_0000"]
+    assert "degraded.flac does not decode" in report.failed[0]["reason"]
+    assert "## Not scored" in (tmp_path / "r" / "report.md").read_text()
