@@ -3,7 +3,7 @@
 Models come as one bundle folder (``--bundle``, written by ``hires models bundle``) or one flag per stage (a model
 directory, ``s3://`` directory or ``models:/`` URI each); a stage flag replaces the bundle's entry. Without
 ``--address`` files are restored here (:mod:`pipelines.restore`); with it the same command runs as a Ray Data
-batch job on that cluster (:mod:`pipelines.restore_batch`).
+batch job on that cluster (:mod:`pipelines.restore_ray`).
 
 Exit codes: 0 every input restored (or already done), 3 some inputs rejected (listed in ``DIR/rejects.jsonl``),
 2 a usage error (bad flag, bad bundle, unwritable ``--out``).
@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     if args.address:
         try:
-            batch = importlib.import_module("pipelines.restore_batch")
+            batch = importlib.import_module("pipelines.restore_ray")
         except ModuleNotFoundError as e:
-            if e.name != "pipelines.restore_batch":
+            if e.name != "pipelines.restore_ray":
                 raise
             raise UsageError("--address: the Ray batch mode is not available in this installation") from None
         return int(batch.run(args, options) or 0)
