@@ -1,6 +1,7 @@
-"""``infra/kuberay/*.yaml`` against the KubeRay CRDs' OpenAPI v3 schemas (``tests/infra/data/kuberay-crds``,
-see its SOURCE.md), strictly: an unknown field is an error (``kubectl apply --validate=strict`` rejects it; the API
-server would silently drop it). The hires commands the jobs run parse with the CLI's own parser."""
+"""``infra/kuberay/*.yaml`` against the KubeRay CRDs' OpenAPI v3 schemas (copied with their provenance in
+tests/infra/data/kuberay-crds/SOURCE.md), strictly: an unknown field is an error (``kubectl apply
+--validate=strict`` rejects it; the API server would silently drop it). The hires commands the jobs run parse
+with the CLI's own parser."""
 
 from __future__ import annotations
 
