@@ -17,15 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     rir = bsub.add_parser(
         "rir",
         help="simulate shoebox-room impulse responses (pyroomacoustics, 48 kHz)",
-        description="Image-source simulation of random shoebox rooms aimed at RT60 0.2-1.3 s; "
-        "the manifest records the measured rt60, drr and c50 of every response.",
+        description="Image-source simulation of shoebox rooms (car cabins, booths, small and large rooms) with "
+        "frequency-dependent materials, aimed at mid-band RT60 0.05-1.3 s; the manifest records the measured "
+        "rt60, drr, c50, rt60_mid and rt60_8k of every response and its room_type.",
     )
     rir.add_argument("--out", required=True, type=Path)
     rir.add_argument("--count", type=positive_int, default=50, help="number of rooms (default 50)")
     rir.add_argument("--seed", type=non_negative_int, default=0)
     rir.set_defaults(func=run_rir)
 
-    noise = bsub.add_parser("noise", help="write a demo noise bank (white/pink/brown, babble, hum, clicks)")
+    noise = bsub.add_parser(
+        "noise", help="write a demo noise bank (white/pink/brown, babble, hum, clicks, wind)"
+    )
     noise.add_argument("--out", required=True, type=Path)
     noise.add_argument("--minutes", type=positive_float, default=2.0, help="total noise (default 2)")
     noise.add_argument("--seed", type=non_negative_int, default=0)
