@@ -171,11 +171,13 @@ def read_manifest(path: str | Path, kind: str | None = None, what: str | None = 
 
 
 def write_rejects(rejects: Iterable[dict], path: str | Path) -> int:
-    """Write ``{path, reason}`` lines sorted by path; returns the count."""
+    """Write ``{path, reason}`` lines sorted by path (atomically: temp name, then rename); returns the count."""
     rejects = sorted(rejects, key=lambda r: r["path"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
         for r in rejects:
             f.write(json.dumps({"path": r["path"], "reason": r["reason"]}) + "\n")
+    tmp.replace(path)
     return len(rejects)

@@ -210,21 +210,23 @@ def check_synth_config(
     return cfg
 
 
-def check_out(out: str) -> None:
-    """``--out`` names a directory this process can create or write into (local paths; URIs are checked by the
-    lease)."""
-    if is_uri(out):
+def check_out(out: str | Path, flag: str = "--out", directory: bool = True) -> None:
+    """``out`` names a directory (``directory``; else a file) that this process can create or write into (local
+    paths; URIs are checked when written). A UsageError naming ``flag`` otherwise."""
+    if is_uri(str(out)):
         return
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {out}: is a file, expected a directory (new or from an earlier run)")
-    parent = path
+    if directory and path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {out}: is a file, expected a directory (new or from an earlier run)")
+    if not directory and path.is_dir():
+        raise UsageError(f"{flag} {out}: is a directory, expected a file path")
+    parent = path if directory else path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UsageError(f"--out {out}: {parent} is a file, not a directory")
+        raise UsageError(f"{flag} {out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: {parent} is not writable")
+        raise UsageError(f"{flag} {out}: {parent} is not writable")
 
 
 def check_inputs(clean: str, noise: str, rir: str, out: str, cfg: SynthConfig) -> None:

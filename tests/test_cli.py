@@ -362,3 +362,13 @@ def test_models_summary_help_says_what_it_does(capsys):
         main(["models", "summary", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "instant" not in text and "a few seconds" in text and "meta device" in text
+
+
+def test_scan_out_in_an_unusable_place_is_refused_before_scanning(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["corpus", "scan", str(tmp_path), "--out", str(afile / "m.parquet")]) == 2
+    assert f"{afile} is a file" in capsys.readouterr().err
+    (tmp_path / "d.parquet").mkdir()
+    assert main(["corpus", "scan", str(tmp_path), "--out", str(tmp_path / "d.parquet")]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -80,8 +80,9 @@ def run_scan(args: argparse.Namespace) -> int:
         raise UsageError(f"corpus scan: the following arguments are required: {', '.join(missing)}")
     if args.out.suffix != ".parquet":
         raise UsageError(f"--out {args.out}: manifest must be a .parquet file")
-    if args.out.is_dir():
-        raise UsageError(f"--out {args.out}: is a directory, expected a manifest path (NAME.parquet)")
+    from pipelines.synth_run import check_out
+
+    check_out(args.out, directory=False)  # before a scan that may take hours
     result = scan_to_manifest(
         args.roots, args.out, kind=args.kind, name=args.name, cfg=cfg, progress=not args.quiet
     )
