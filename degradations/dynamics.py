@@ -14,7 +14,9 @@ and multiply. The gain is a pure function of the input (no delay line), so the o
   block-to-sample interpolation lets through (a limiter's safety clipper).
 * ``expander``: below ``threshold_db`` the level falls by ``ratio`` dB per dB (a soft noise gate), opening
   at once and closing with the release time, then ``makeup_db`` of gain (the ICASSP 2024 SSI synthesizer's
-  "anti-AGC": NoiseGate plus gain).
+  "anti-AGC": NoiseGate plus 5-20 dB of gain). The default makeup is 0 dB: the SSI gain, with its final hard
+  limiter, drives the loudest syllables 10-20 dB over full scale, which here would only make the final joint
+  peak scaling turn the target down by as much; the input's level is normalised where it is consumed anyway.
 * ``agc``: a slow gain that rides the short-term level (RMS smoothed with ``release_ms``) towards ``target_db``,
   bounded to +-``max_gain_db``, held while the level is under the -70 dBFS gate (BS.1770's absolute gate), and
   smoothed with ``attack_ms``: it lifts pauses and noise floors and pumps, as phone and conferencing AGCs do.
@@ -48,11 +50,11 @@ class DynamicsConfig(StrictModel):
     ratio: tuple[float, float] = (1.0, 20.0)
     attack_ms: tuple[float, float] = (5.0, 100.0)
     release_ms: tuple[float, float] = (5.0, 100.0)
-    # ICASSP 2024 SSI synthesizer: agc_expand_ratio 1.4-2.1 with gate level -10..0 dB, agc_gain_db 5-20 (+6 when
-    # the expander is on)
+    # ICASSP 2024 SSI synthesizer: agc_expand_ratio 1.4-2.1 with gate level -10..0 dB (its agc_gain_db 5-20 dB,
+    # +6 with the expander, is left out by default: see the module docstring)
     expander_threshold_db: tuple[float, float] = (-10.0, 0.0)
     expander_ratio: tuple[float, float] = (1.4, 2.1)
-    expander_makeup_db: tuple[float, float] = (11.0, 26.0)
+    expander_makeup_db: tuple[float, float] = (0.0, 0.0)
     # AGC: target level of the DNS challenge synthesizer (target_level -35..-15 dBFS), gain bound of the SSI
     # synthesizer's agc_gain_db (5-20 dB)
     agc_target_db: tuple[float, float] = (-35.0, -15.0)
