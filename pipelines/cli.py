@@ -152,8 +152,8 @@ def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
     """The full parser; ``modules`` defaults to :data:`COMMAND_MODULES` (read at call time)."""
     parser = argparse.ArgumentParser(
         prog="hires",
-        description="Data and training for high-resolution speech restoration with latent diffusion, on Ray. "
-        "The commands below are what this installation provides; `hires COMMAND --help` describes each.",
+        description="High-resolution speech restoration with latent diffusion, on Ray. The commands below are "
+        "what this installation provides; `hires COMMAND --help` describes each.",
     )
     _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
