@@ -251,16 +251,11 @@ def measure_rir(path: str, kind: str) -> dict:
     """``rt60``, ``drr``, ``c50`` of an RIR file (its first channel); ``{}`` for other kinds."""
     if kind != "rir":
         return {}
+    from datasets.audio import read_audio
     from datasets.banks import rir_metrics
 
-    if is_uri(path):
-        from datasets.audio import read_audio
-
-        x, sr = read_audio(path)
-    else:
-        data, sr = sf.read(path, dtype="float64", always_2d=True)
-        x = data[:, 0]
-    return rir_metrics(x, sr)
+    x, sr = read_audio(path, mono=False)  # (frames, channels); any format or URI the scan accepts
+    return rir_metrics(x[:, 0] if x.ndim == 2 else x, sr)
 
 
 def _verify_samples(path: str, frames: int, cfg: ScanConfig, result: dict) -> tuple[dict | None, str | None]:
