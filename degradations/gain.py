@@ -1,9 +1,10 @@
 """Input gain: the recording level a device or a speaker's distance sets, applied to target and degraded alike.
 
 Why a joint gain, and where it matters: synthesis normalises the clean signal to -20 LUFS (``loudness``), and the
-model's input is normalised again where it is consumed (training's ``input_loudness_lufs`` and restore, both through
-:mod:`degradations.input_loudness`). A gain on the degraded signal alone would there be undone as a level and would
-only move the target's level against the input's. What normalisation cannot undo is the level at which the
+model's input is normalised again where it is consumed: the training loader with ``train.input_loudness_lufs``
+(-20 LUFS by default) and the restorer with the recovery model's same setting, both by the bounded gain of
+:mod:`degradations.input_loudness` (at most +-30 dB, so the +-10 dB here is always undone). A gain on the degraded
+signal alone would there be undone as a level and would only move the target's level against the input's. What normalisation cannot undo is the level at which the
 level-dependent operators act: bit-depth reduction (a fixed quantisation step), saturation and the dynamics
 processors (fixed dBFS thresholds), codecs (integer PCM input). So the gain runs right after ``loudness`` and scales
 target and degraded by one factor: where the input is normalised the pair keeps its relation and only those
