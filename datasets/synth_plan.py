@@ -322,6 +322,11 @@ def format_plan_summary(summary: dict[str, Any]) -> list[str]:
         for name, c in summary["codecs"].items():
             rates = ", ".join(f"{rate}: {k}" for rate, k in c["kbps"].items())
             lines.append(f"  {name:<12} {c['samples']:>7}  {100 * c['samples'] / total:5.1f} %  ({rates})")
+    if summary.get("bank_files_below_rate"):
+        lines.append(
+            f"bank files not drawn: {summary['bank_files_below_rate']} recorded below the minimum rate "
+            "(banks.min_sample_rate; default: the output rate)"
+        )
     stats = summary.get("stats") or {}
     if stats:
         lines.append("planned values (histograms: hires shards stats DIR):")

@@ -355,6 +355,7 @@ def plan_synth(
         plan, _ = _plan(**manifests, out=out, cfg=cfg, seed=seed, identity=identity)
     summary = plan_summary(plan.table, cfg.segment.seconds)
     summary["samples_per_shard"] = plan.cfg.shards.samples_per_shard
+    summary["bank_files_below_rate"] = plan.stats.bank_files_below_rate
     return PlanResult(out, storage.join(out, PLAN_FILE), summary)
 
 
