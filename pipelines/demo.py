@@ -140,11 +140,16 @@ def run_demo(
     from datasets.banks import make_noise_bank, make_rir_bank
     from datasets.demo import make_demo_corpus
     from datasets.manifest import read_manifest
-    from datasets.synth_config import load_synth_config
-    from pipelines.synth_run import run_synth
+    from pipelines.synth_run import check_synth_config, run_synth
 
     out = Path(out).resolve()
     result = DemoResult(out=out, tracking_uri=tracking_uri)  # None: sqlite beside the training runs
+    # a misspelled synth config is reported before minutes of corpus and bank generation
+    synth_cfg = check_synth_config(
+        CONFIG_ROOT / cfg.synth.config,
+        {"shards.samples_per_shard": cfg.synth.samples_per_shard},
+        what="demo config synth.config",
+    )
 
     t = time.perf_counter()
     corpus_params = {
@@ -201,9 +206,6 @@ def run_demo(
         "seconds_taken": "reused" if reused else round(time.perf_counter() - t, 1),
     }
 
-    synth_cfg = load_synth_config(
-        CONFIG_ROOT / cfg.synth.config, {"shards.samples_per_shard": cfg.synth.samples_per_shard}
-    )
     args = (str(clean), str(noise), str(rir), str(out / "shards"), synth_cfg)
     try:
         summary = run_synth(*args, seed=cfg.seed, num_cpus=num_cpus, progress=progress)

@@ -52,3 +52,15 @@ def test_generated_inputs_are_reused_until_their_parameters_change(tmp_path):
     (folder / "demo-stamp.json").unlink()
     _, reused = generated(folder, "datasets.demo", {"files": 1}, lambda f: make(f, 1))
     assert not reused and calls == [3, 1, 1]
+
+
+def test_a_misspelled_synth_config_fails_before_the_corpus_is_generated(tmp_path):
+    from datasets.config import ConfigError
+    from pipelines.demo import load_demo_config, run_demo
+
+    bad = tmp_path / "synth.yaml"
+    bad.write_text("chain:\n  noize: {probability: 1.0}\n")
+    cfg = load_demo_config(overrides={"synth.config": str(bad)})
+    with pytest.raises(ConfigError, match="demo config synth.config"):
+        run_demo(tmp_path / "out", cfg, progress=False)
+    assert not (tmp_path / "out" / "corpus").exists()
