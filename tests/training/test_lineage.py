@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +18,18 @@ from training import lineage, tracking
 MANIFESTS = {"clean": "a" * 64, "noise": "b" * 64, "rir": "c" * 64}
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow sqlite store: creating one runs MLflow's migrations (seconds), copying it does not."""
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    tracking._client(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def registry(tmp_path):
+def registry(tmp_path, empty_store):
     """A sqlite registry with recovery v1 (alias champion), autoencoder v1 and an ldm v1 trained on them."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     shards = tmp_path / "shards"
     shards.mkdir()
