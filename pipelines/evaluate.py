@@ -302,10 +302,10 @@ def _check_folder(path: str, flag: str) -> Path:
     return root
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, unit: str = "file"):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="file", desc=desc, disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
 def evaluate_folders(
@@ -535,8 +535,7 @@ def evaluate_shards(
     items: list[str] = []
     failed: list[dict] = []
     n = total if limit is None else min(limit, total)
-    with _progress(n, f"evaluate {split}", progress) as bar:
-        bar.unit = "clip"
+    with _progress(n, f"evaluate {split}", progress, unit="clip") as bar:
         for sample in samples:
             if isinstance(sample, Unreadable):
                 failed.append({"item": sample.item, "reason": sample.reason})
