@@ -146,3 +146,22 @@ def test_runs_log_their_artifacts_into_the_bucket(server, tmp_path, capsys):
     assert Path(local, "weights.safetensors").read_bytes() == b"weights"
     assert main(["models", "lineage", f"models:/hires-recovery/{version}", "--tracking-uri", server]) == 0
     assert f"run: {run_id} (recovery-tiny, FINISHED)" in capsys.readouterr().out
+
+
+def test_demo_passes_its_tracking_uri_on(monkeypatch, tmp_path, capsys):
+    import pipelines.demo
+
+    seen = {}
+
+    class Result:
+        def lines(self) -> list[str]:
+            return ["done"]
+
+    def fake_run_demo(out, cfg, **kwargs):
+        seen.update(kwargs)
+        return Result()
+
+    monkeypatch.setattr(pipelines.demo, "run_demo", fake_run_demo)
+    assert main(["-q", "demo", "--out", str(tmp_path), "--tracking-uri", "http://127.0.0.1:5999"]) == 0
+    assert seen["tracking_uri"] == "http://127.0.0.1:5999"
+    assert "done" in capsys.readouterr().out
