@@ -174,3 +174,24 @@ def test_cli_writes_the_report_and_names_a_non_run(tiny_run, tmp_path, capsys):
     assert "3 samples (shards)" in out and "overview.png" in out
     assert main(["-q", "shards", "stats", str(tmp_path / "r"), "--out", str(tmp_path / "x")]) == 2
     assert "neither index.json nor plan.parquet" in capsys.readouterr().err
+
+
+def test_synth_plan_writes_the_planned_values_report(tmp_path, capsys):
+    from datasets.banks import make_noise_bank, make_rir_bank
+    from datasets.demo import make_demo_corpus
+    from pipelines.cli import main
+
+    inputs = {
+        "--clean": make_demo_corpus(tmp_path / "clean", minutes=0.3, seed=0, speakers=2, progress=False),
+        "--noise": make_noise_bank(tmp_path / "noise", minutes=0.2, seed=0, progress=False),
+        "--rir": make_rir_bank(tmp_path / "rir", count=1, seed=0, progress=False),
+    }
+    args = [a for flag, path in inputs.items() for a in (flag, str(path))]
+    assert (
+        main(["-q", "synth", "plan", *args, "--out", str(tmp_path / "run"), "--stats", str(tmp_path / "r")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "planned values" in out and "samples (plan)" in out
+    assert (tmp_path / "r" / "overview.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (tmp_path / "run" / "index.json").exists()  # nothing rendered
