@@ -1,12 +1,12 @@
 """Generated noise and room-impulse-response banks (48 kHz FLAC + manifest), deterministic for a seed.
 
 * :func:`make_rir_bank` simulates shoebox rooms with pyroomacoustics' image-source method. Each room is drawn
-  from a class (:data:`ROOM_TYPES`: car cabins and booths from RT60 0.05 s, small and large rooms up to 1.3 s)
-  with surfaces of real, frequency-dependent materials from pyroomacoustics' database (upholstery, glass,
-  carpet, plasterboard, mineral wool ...) in eight octave bands up to 16 kHz, scaled together so that the
-  mid-frequency RT60 (500 Hz and 1 kHz octaves) meets a target drawn for the class, and air absorption per band
-  (ISO 9613-1, 20 degC, 50 % RH, 125 Hz-16 kHz). High frequencies therefore decay faster than the
-  mid band in most rooms, as they do in real ones at 48 kHz. The measured broadband RT60 (Schroeder, T30
+  from a class (:data:`ROOM_TYPES`: car cabins and booths from RT60 0.05 s, small and large rooms up to 1.3 s);
+  its absorption spectrum, in eight octave bands up to 16 kHz, is the area-weighted mean of real materials
+  from pyroomacoustics' database drawn for its walls, floor and ceiling (upholstery, glass, carpet,
+  plasterboard, mineral wool ...), scaled so that the mid-frequency RT60 (500 Hz and 1 kHz octaves) meets a
+  target drawn for the class; air absorbs per band too (ISO 9613-1, 20 degC, 50 % RH, 125 Hz-16 kHz). High
+  frequencies therefore decay faster than the mid band, as they do in real rooms at 48 kHz. The measured broadband RT60 (Schroeder, T30
   extrapolated), DRR and C50 of each response are recorded, with the octave-band RT60s ``rt60_mid`` and
   ``rt60_8k``, the ``room_type`` and the ``target_rt60``.
 * :func:`make_noise_bank` writes white, pink and brown noise, babble made from demo speech, mains hum with
