@@ -1,0 +1,200 @@
+"""``hires restore --address``: the Ray Data batch job (pipelines.restore_ray) against the local mode.
+
+Tiny random-init models, 2 DDIM steps, a few seconds of audio on the shared local Ray. The outputs of the batch
+job are compared byte for byte with the local mode's: both run the same per-window code on the CPU with one torch
+thread, each window with its own seed, and assemble the same windows in the same order, so even the FLAC bytes
+agree. Only where the windows are grouped differently into network batches (``batch_size`` > 1: the job batches
+across files, the local mode within one) may batched kernels round differently: there the test allows 1e-5.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+from s3_server import BUCKET, s3_server  # noqa: F401 - fixture
+
+from pipelines.cli import main
+from pipelines.restore import EXIT_SOME_FAILED, REJECTS, restore_paths
+from pipelines.restore_ray import WindowRestorer, pack_bundle, restore_on_ray
+from training.config import load_stage_config
+from training.model_dir import save_model_dir
+from training.models import build
+from training.restorer import Bundle, RestoreOptions, Restorer
+
+STAGES = ("recovery", "autoencoder", "vocoder", "ldm")
+OPTIONS = RestoreOptions(steps=2, seed=3, keep_stages=True)
+POOL = {
+    "actors": 2,
+    "cpus_per_actor": 0.5,
+}  # two actors on the 2-CPU test Ray, room left for the feeding tasks
+OUTPUTS = ["long.flac", "long.recovery.flac", "sub/short.flac", "sub/short.recovery.flac"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the actors' thread count: the local reference must compute the same way
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("restore_ray_models")
+    out = {}
+    for i, stage in enumerate(STAGES):
+        torch.manual_seed(i)
+        cfg = load_stage_config(stage, "tiny")
+        meta = {"step": 0, "scale_factor": 0.5} if stage == "ldm" else {"step": 0}
+        save_model_dir(str(root / stage), stage, cfg, build(cfg).state_dict(), meta)
+        out[stage] = str(root / stage)
+    return out
+
+
+def _tone(seconds: float, sr: int, freq: float) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A three-window file (11 s at 22.05 kHz), a one-window stereo file in a sub-folder, and a text file."""
+    root = tmp_path_factory.mktemp("restore_ray_inputs") / "in"
+    (root / "sub").mkdir(parents=True)
+    sf.write(root / "long.wav", _tone(11.0, 22050, 300), 22050)
+    sf.write(root / "sub" / "short.flac", np.stack([_tone(1.5, 44100, 500)] * 2, axis=1), 44100)
+    (root / "bad.wav").write_text("not audio\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_reference(models, inputs, tmp_path_factory) -> Path:
+    """The local mode's outputs for :data:`OPTIONS`."""
+    out = tmp_path_factory.mktemp("restore_ray_local") / "out"
+    torch.set_num_threads(1)
+    summary = restore_paths(
+        [str(inputs)], out, lambda: Restorer(Bundle.load(**models)), OPTIONS, progress=False
+    )
+    assert len(summary.restored) == 2 and len(summary.rejected) == 1
+    return out
+
+
+def _rejects(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / REJECTS).read_text().splitlines()]
+
+
+def test_folder_job_matches_the_local_mode_byte_for_byte_and_reruns(
+    models, inputs, local_reference, tmp_path, ray_session
+):
+    out = tmp_path / "out"
+    summary = restore_on_ray(
+        [str(inputs)], str(out), Bundle.load(**models), OPTIONS, address="auto", progress=False, **POOL
+    )
+    assert sorted(Path(p).relative_to(out).as_posix() for p in summary.restored) == [
+        "long.flac",
+        "sub/short.flac",
+    ]
+    assert summary.windows == 4  # 3 + 1: each window a row of its own
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (local_reference / name).read_bytes(), name
+    x, sr = sf.read(out / "long.flac")
+    assert sr == 48000 and len(x) == round(11.0 * 48000) and sf.info(out / "long.flac").subtype == "PCM_24"
+    # the same one-line reason as the local mode, nothing left behind but outputs and rejects
+    assert _rejects(out) == _rejects(local_reference)
+    assert "bad.wav: not readable audio" in _rejects(out)[0]["reason"]
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
+        [*map(lambda n: Path(n).name, OUTPUTS), REJECTS]
+    )
+
+    # a rerun through the command line skips what is done, and still reports the bad input (exit code 3)
+    before = {n: (out / n).stat().st_mtime_ns for n in OUTPUTS}
+    code = main(
+        ["-q", "restore", str(inputs), "--out", str(out), "--address", "auto", "--steps", "2", "--seed", "3"]
+        + [f"--{s}={p}" for s, p in models.items()]
+        + ["--keep-stages", "--threads", "1"]
+    )
+    assert code == EXIT_SOME_FAILED
+    assert {n: (out / n).stat().st_mtime_ns for n in OUTPUTS} == before
+    assert [r["path"] for r in _rejects(out)] == [str(inputs / "bad.wav")]
+
+
+def test_actor_reports_a_window_it_cannot_read_instead_of_failing(models, inputs, tmp_path, ray_session):
+    src = tmp_path / "x.wav"
+    shutil.copy(inputs / "long.wav", src)
+    actor = WindowRestorer(
+        ray_session.put(pack_bundle(Bundle.load(**models))), "cpu", 1, OPTIONS, ["restored"]
+    )
+    batch = {
+        "file": np.array([0, 0]),
+        "index": np.array([0, 1]),
+        "source": np.array([str(src), str(src)], dtype=object),
+        "sample_rate": np.array([22050] * 2),
+        "channels": np.array([1] * 2),
+        "frames": np.array([242550] * 2),
+        "length": np.array([528000] * 2),
+        "gain": np.array([1.0] * 2),
+        "start": np.array([0, 215040]),
+        "window": np.array([245760] * 2),
+    }
+    ok = actor(batch)
+    assert list(ok["error"]) == ["", ""] and ok["restored"].shape == (2, 245760)
+    src.unlink()
+    actor._open[1].close()
+    actor._open = None  # a fresh actor: the file is gone
+    failed = actor(batch)
+    assert all("file not found" in e for e in failed["error"]) and not failed["restored"].any()
+
+
+def test_s3_prefix_and_manifest_inputs_batched_windows_to_an_s3_output(
+    models,
+    inputs,
+    local_reference,
+    s3_server,  # noqa: F811
+):
+    """An s3:// prefix and a manifest on S3 (read by the workers a window at a time, never copied whole), outputs
+    and rejects on S3. Windows go two per network call, grouped across files where the local mode groups them
+    within one file, so batched kernels may round differently: equal within 1e-5 rather than byte for byte. A listed
+    file that does not exist is a reject and the others go on; a rerun finds everything done."""
+    import fsspec
+    import ray
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for path in inputs.rglob("*"):
+        if path.is_file():
+            fs.put_file(str(path), f"{BUCKET}/in/{path.relative_to(inputs).as_posix()}")
+    listed = [f"s3://{BUCKET}/in/long.wav", f"s3://{BUCKET}/in/gone.wav"]
+    local_manifest = inputs.parent / "list.parquet"
+    pq.write_table(pa.table({"path": listed}), local_manifest)
+    fs.put_file(str(local_manifest), f"{BUCKET}/lists/list.parquet")
+    sources = [f"s3://{BUCKET}/in/sub", f"s3://{BUCKET}/lists/list.parquet"]
+    # the workers must see the S3 endpoint of this test: a Ray started after the variables were set
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = f"s3://{BUCKET}/out"
+        summary = restore_on_ray(
+            sources, out, Bundle.load(**models), OPTIONS, address="auto", batch_size=2, progress=False, **POOL
+        )
+        assert sorted(summary.restored) == [f"{out}/long.flac", f"{out}/short.flac"]
+        for name in OUTPUTS:
+            got, _ = sf.read(io.BytesIO(fs.cat_file(f"{BUCKET}/out/{Path(name).name}")), dtype="float32")
+            want, _ = sf.read(local_reference / name, dtype="float32")
+            assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5, name
+        rejects = [json.loads(line) for line in fs.cat_file(f"{BUCKET}/out/{REJECTS}").decode().splitlines()]
+        assert [r["path"] for r in rejects] == [listed[1]] and "file not found" in rejects[0]["reason"]
+        again = restore_on_ray(
+            sources, out, Bundle.load(**models), OPTIONS, address="auto", progress=False, **POOL
+        )
+        assert len(again.skipped) == 2 and not again.restored
+    finally:
+        ray.shutdown()  # the next test's Ray must not carry this test's S3 endpoint
