@@ -76,6 +76,8 @@ class EvaluationReport:
     unmatched: dict[str, list[str]] = field(default_factory=dict)  # folders: side -> relative paths
     settings: dict[str, Any] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)  # {"item", "system", "types", "scores", "reasons"}
+    # system -> metric -> stats of the per-file difference from "degraded" (paired: files scored in both)
+    change: dict[str, dict[str, dict]] = field(default_factory=dict)
     mlflow_run_id: str | None = None
 
     @property
@@ -165,6 +167,31 @@ def aggregate_rows(
     types = sorted({t for r in rows for t in r.get("types", [])})
     per_type = {t: stats_of([r for r in rows if t in r.get("types", [])]) for t in types}
     return aggregate, per_type
+
+
+def paired_change(
+    rows: Sequence[dict], systems: Sequence[str], baseline: str = "degraded"
+) -> dict[str, dict[str, dict]]:
+    """Per system, per intrusive metric: :func:`mean_ci` of ``value(system) - value(baseline)`` over the files
+    scored in both (a paired interval: narrower than comparing the two means when files vary a lot)."""
+    base = {r["item"]: r["scores"] for r in rows if r["system"] == baseline}
+    out: dict[str, dict[str, dict]] = {}
+    for system in systems:
+        if system in (baseline, REFERENCE_SYSTEM) or not base:
+            continue
+        mine = [r for r in rows if r["system"] == system and r["item"] in base]
+        stats = {}
+        for metric in metric_defs.INTRUSIVE:
+            diffs = [
+                _value(r["scores"].get(metric)) - _value(base[r["item"]].get(metric))
+                for r in mine
+                if metric in r["scores"] and metric in base[r["item"]]
+            ]
+            if diffs:
+                stats[metric] = mean_ci(diffs)
+        if stats:
+            out[system] = stats
+    return out
 
 
 def _value(v: Any) -> float:
@@ -639,6 +666,7 @@ def _finish(
         unmatched=unmatched,
         settings=settings,
         rows=rows,
+        change=paired_change(rows, systems),
     )
     shown = list(dict.fromkeys([REFERENCE_SYSTEM, *systems]))  # the clean spectrogram even when not scored
     write_report(report, load_examples(out, example_items, shown))

@@ -60,6 +60,7 @@ def write_report(
         "iterations": report.iterations,
         "aggregate": report.aggregate,
         "per_type": report.per_type,
+        "change_from_degraded": report.change,
         "failed": report.failed,
         "unmatched": report.unmatched,
         "files": report.rows,
@@ -136,6 +137,16 @@ def markdown(report: EvaluationReport, figures: list[str]) -> str:
         *_table(report.aggregate, report.systems, names),
         "",
     ]
+    if report.change:
+        lines += [
+            "## Change from the degraded input (paired)",
+            "",
+            "Per file, the system's value minus the degraded input's; mean ± 95 % interval (Student t) over the "
+            "files scored in both. An interval that excludes 0 is a change beyond the file-to-file spread.",
+            "",
+            *_table(report.change, report.systems, [m for m in names if m in metric_defs.INTRUSIVE]),
+            "",
+        ]
     if report.per_type:
         lines += [
             "## Per degradation type",
