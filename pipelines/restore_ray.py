@@ -531,6 +531,14 @@ class WindowRestorer:
 # ---------------------------------------------------------------------------------------------- reassembly
 
 
+def _stage_target(output: str, stage: str) -> str:
+    """:func:`training.restorer.stage_path` for a local path or a URI (``Path`` would fold its ``//``)."""
+    if not is_uri(output):
+        return str(stage_path(output, stage))
+    protocol, rest = output.split("://", 1)
+    return f"{protocol}://{stage_path(PurePosixPath(rest), stage).as_posix()}"
+
+
 class _FileOutput:
     """The streamed outputs of one file: an :class:`OverlapAdd` and an :class:`OutputWriter` per stage; for an
     object store the writers write to a local scratch folder and :meth:`commit` uploads the finished files."""
@@ -540,12 +548,11 @@ class _FileOutput:
     ):
         self.job, self.plan, self.final = job, plan, final
         targets = {
-            stage: job.output if stage == final else str(stage_path(job.output, stage)) for stage in stages
+            stage: job.output if stage == final else _stage_target(job.output, stage) for stage in stages
         }
         if scratch is not None:  # object store: write locally, upload when complete
-            self.uploads = {s: t for s, t in targets.items()}
-            rel = job.output.split("://", 1)[1]
-            local = {s: os.path.join(scratch, str(stage_path(rel, s)) if s != final else rel) for s in stages}
+            self.uploads = dict(targets)
+            local = {s: os.path.join(scratch, t.split("://", 1)[1]) for s, t in targets.items()}
         else:
             self.uploads = {}
             local = targets
@@ -738,26 +745,15 @@ def _run(
     planned = ray.data.from_items(items, override_num_blocks=min(len(items), 1000)).map(
         _plan_file, fn_kwargs={"planner": planner, "options": options}, num_cpus=PLAN_CPUS
     )
-    plans: dict[int, FilePlan] = {}
+    # the plans' numbers only: a file's FilePlan (with its windows) is built when its first window comes back
     rows: dict[int, dict] = {}
     for row in planned.iter_rows():
         i = int(row["file"])
         if row["error"]:
             summary.rejected.append({"path": todo[i].source, "reason": str(row["error"])})
-            continue
-        plans[i] = FilePlan(
-            source=todo[i].source,
-            sample_rate=int(row["sample_rate"]),
-            channels=int(row["channels"]),
-            frames=int(row["frames"]),
-            length=int(row["length"]),
-            loudness_lufs=float(row["loudness"]),
-            gain=float(row["gain"]),
-            windows=planner.window_plan(int(row["length"]), options),
-            final_stage=options.final_stage,
-        )
-        rows[i] = {**row, "source": todo[i].source}
-    order = sorted(plans)
+        else:
+            rows[i] = {**row, "source": todo[i].source}
+    order = sorted(rows)
     if not order:
         return
 
@@ -787,16 +783,31 @@ def _run(
             num_cpus=per_actor,
             num_gpus=gpus,
         )
-        _assemble(restored, todo, plans, order, stages, options, fmt, out, progress, summary)
+        _assemble(restored, todo, rows, planner, stages, options, fmt, out, progress, summary)
     finally:
         ctx.execution_options.preserve_order = previous_order
+
+
+def _file_plan(row: dict, options: RestoreOptions, planner: _Planner) -> FilePlan:
+    """A planned file's :class:`FilePlan` from the numbers its plan task returned."""
+    return FilePlan(
+        source=str(row["source"]),
+        sample_rate=int(row["sample_rate"]),
+        channels=int(row["channels"]),
+        frames=int(row["frames"]),
+        length=int(row["length"]),
+        loudness_lufs=float(row["loudness"]),
+        gain=float(row["gain"]),
+        windows=planner.window_plan(int(row["length"]), options),
+        final_stage=options.final_stage,
+    )
 
 
 def _assemble(
     restored: Any,
     todo: list[RayJob],
-    plans: dict[int, FilePlan],
-    order: list[int],
+    rows: dict[int, dict],
+    planner: _Planner,
     stages: list[str],
     options: RestoreOptions,
     fmt: str,
@@ -806,15 +817,19 @@ def _assemble(
 ) -> None:
     """Stream the ordered window results into the output files, one file at a time."""
     scratch = tempfile.mkdtemp(prefix="hires-restore-out-") if is_uri(out) else None
-    bar = _progress_bar(sum(plans[i].seconds for i in order), progress)
+    bar = _progress_bar(sum(r["frames"] / r["sample_rate"] for r in rows.values()), progress)
     current: _FileOutput | None = None
+    planned: tuple[int, FilePlan] | None = None  # the file whose windows are coming in
     failed: set[int] = set()
+    written: set[int] = set()
     try:
         for row in restored.iter_rows():
             i, k = int(row["file"]), int(row["index"])
             if i in failed:
                 continue
-            plan = plans[i]
+            if planned is None or planned[0] != i:
+                planned = (i, _file_plan(rows[i], options, planner))
+            plan = planned[1]
             w = plan.windows.windows[k]
             covered = (
                 plan.length - w.start
@@ -835,6 +850,7 @@ def _assemble(
                 if current.done:
                     current.commit()
                     summary.restored.append(todo[i].output)
+                    written.add(i)
                     summary.seconds += plan.seconds
                     current = None
             except (KeyboardInterrupt, MemoryError):
@@ -849,9 +865,7 @@ def _assemble(
                 )
                 if not isinstance(e, HiresError | OSError | _WindowError):
                     log.exception("writing %s failed", todo[i].output)
-        missing = [
-            todo[i].source for i in order if i not in failed and todo[i].output not in summary.restored
-        ]
+        missing = [todo[i].source for i in rows if i not in failed and i not in written]
         if missing:
             raise RuntimeError(
                 f"the job finished without the windows of {len(missing)} file(s), e.g. {missing[0]}"

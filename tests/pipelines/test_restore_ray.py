@@ -198,3 +198,79 @@ def test_s3_prefix_and_manifest_inputs_batched_windows_to_an_s3_output(
         assert len(again.skipped) == 2 and not again.restored
     finally:
         ray.shutdown()  # the next test's Ray must not carry this test's S3 endpoint
+
+
+def test_reassembly_rejects_a_file_whose_window_failed_and_writes_the_next(tmp_path):
+    """The driver side alone (ordered rows as the pool returns them): a failed window rejects its file with the
+    actor's reason and leaves nothing of it behind; the next file is written whole."""
+    from pipelines.restore_ray import RayJob, RayRestoreSummary, _assemble, _Planner
+
+    planner = _Planner(None, 1440)
+    todo = [RayJob("/in/a.wav", str(tmp_path / "a.flac")), RayJob("/in/b.wav", str(tmp_path / "b.flac"))]
+    rows = {
+        i: {
+            "source": j.source,
+            "sample_rate": 48000,
+            "channels": 1,
+            "frames": n,
+            "length": n,
+            "loudness": -20.0,
+            "gain": 1.0,
+        }
+        for i, (j, n) in enumerate(zip(todo, [6 * 48000, 48000], strict=True))
+    }
+    window = planner.window_plan(48000, RestoreOptions()).window
+    results = [
+        {"file": 0, "index": 0, "error": "", "restored": np.full(window, 0.1, np.float32)},
+        {
+            "file": 0,
+            "index": 1,
+            "error": "/in/a.wav: disappeared while it was being restored",
+            "restored": np.zeros(window, np.float32),
+        },
+        {"file": 1, "index": 0, "error": "", "restored": np.full(window, 0.25, np.float32)},
+    ]
+
+    class Ordered:
+        def iter_rows(self):
+            return iter(results)
+
+    summary = RayRestoreSummary(out=str(tmp_path))
+    _assemble(
+        Ordered(), todo, rows, planner, ["restored"], RestoreOptions(), "flac", str(tmp_path), False, summary
+    )
+    assert summary.rejected == [
+        {"path": "/in/a.wav", "reason": "/in/a.wav: disappeared while it was being restored"}
+    ]
+    assert summary.restored == [todo[1].output] and summary.windows == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.flac"]
+    x, sr = sf.read(tmp_path / "b.flac", dtype="float32")
+    assert sr == 48000 and len(x) == 48000 and np.allclose(x, 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("resources", "device", "expected"),
+    [
+        ({"CPU": 16.0, "GPU": 2.0}, "auto", ("cuda", 2, 1.0, 1)),  # a GPU per actor when there are GPUs
+        ({"CPU": 16.0}, "auto", ("cpu", 15, 1.0, 0)),  # CPUs otherwise, a little left for the feeding tasks
+        ({"CPU": 2.0}, "cpu", ("cpu", 1, 1.0, 0)),
+    ],
+)
+def test_actor_pool_follows_the_cluster(monkeypatch, resources, device, expected):
+    import ray
+
+    from pipelines.restore_ray import _resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    assert _resources(device, None, None) == expected
+
+
+def test_cuda_on_a_cluster_without_gpus_is_a_usage_error(monkeypatch):
+    import ray
+
+    from datasets.errors import UsageError
+    from pipelines.restore_ray import _resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    with pytest.raises(UsageError, match="--device cuda: the Ray cluster has no GPU"):
+        _resources("cuda", None, None)
