@@ -46,6 +46,7 @@ COMMAND_MODULES = [
     "pipelines.commands.demo",
     "pipelines.commands.evaluate",
     "pipelines.commands.restore",
+    "pipelines.commands.retrain",
 ]
 
 # ConfigError, UsageError, DataError and IncompatibleError are HiresErrors; the OS errors listed name a path
