@@ -518,7 +518,8 @@ class OutputWriter:
 class RestoredAudio:
     audio: np.ndarray  # float32 mono 48 kHz, length = round(len_in * 48000 / sr_in)
     sample_rate: int  # 48000
-    stages: dict[str, np.ndarray] = field(default_factory=dict)  # keep_stages: "recovery", "restored"
+    # keep_stages: "recovery", "restored", and with iterations N > 1 "restored@1" .. "restored@N" (each pass)
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -713,7 +714,8 @@ class Restorer:
     ) -> list[dict[str, np.ndarray]]:
         """Restore equal-length 16 kHz windows (from :meth:`read_window`) in one batch.
 
-        Returns per window ``{"recovery": ..., "restored": ...}`` (``restored`` absent with ``recovery_only``),
+        Returns per window ``{"recovery": ..., "restored": ...}`` (``restored`` absent with ``recovery_only``;
+        with ``keep_stages`` and ``iterations`` N > 1 also ``restored@1`` .. ``restored@N``, one per pass),
         float32 at 48 kHz, three times the input length, at the normalised level (:meth:`FilePlan.finish` undoes
         the gain after assembly).
         """
@@ -757,6 +759,8 @@ class Restorer:
                 mel = mel[..., : self.mel.cfg.n_mels, :frames]  # type: ignore[union-attr]
                 wave = self.vocoder(mel.float()).float()
                 wave = F.pad(wave, (0, max(n48 - wave.shape[-1], 0)))[..., :n48]
+                if options.keep_stages and options.iterations > 1:
+                    outs[f"restored@{pass_ + 1}"] = wave
             outs["restored"] = wave
         arrays = {k: v.float().cpu().numpy() for k, v in outs.items()}
         return [{k: v[i] for k, v in arrays.items()} for i in range(len(indices))]
@@ -807,11 +811,11 @@ class Restorer:
             raise DataError(f"audio must be (frames,) or (frames, channels), got shape {x.shape}")
         source = _ArraySource(x, sample_rate)
         plan = self._plan_source(source, channels, options, None)
-        stages = (
-            ["recovery", "restored"]
-            if options.keep_stages and not options.recovery_only
-            else [options.final_stage]
-        )
+        stages = [options.final_stage]
+        if options.keep_stages and not options.recovery_only:
+            stages = ["recovery", "restored"]
+            if options.iterations > 1:
+                stages += [f"restored@{k}" for k in range(1, options.iterations + 1)]
         parts: dict[str, list[np.ndarray]] = {s: [] for s in stages}
         self._run(source, plan, options, {s: parts[s].append for s in stages})
         arrays = {s: np.concatenate([np.zeros(0, np.float32), *parts[s]]) for s in stages}
