@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets.audio import AUDIO_EXTENSIONS, audio_info
+from datasets.audio import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, audio_info
 from datasets.errors import HiresError, UsageError
 from training.restorer import FORMATS, RestoreOptions, Restorer
 
@@ -140,6 +141,23 @@ def _reason(e: BaseException) -> str:
     return f"internal error: {type(e).__name__}: {text}"
 
 
+def _duration(path: Path) -> float:
+    """Seconds of audio from the header (ffprobe for ffmpeg-only containers: no decoding); 0 when unreadable,
+    which the restore itself then reports."""
+    try:
+        if path.suffix.lower() in FFMPEG_EXTENSIONS:
+            probe = subprocess.run(
+                ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            return float(probe.stdout.strip() or 0.0)
+        return audio_info(path).duration_s
+    except (HiresError, OSError, ValueError):
+        return 0.0
+
+
 def restore_paths(
     inputs: Sequence[str],
     out: str | Path,
@@ -162,12 +180,7 @@ def restore_paths(
             summary.skipped.append(job.output)
         else:
             todo.append(job)
-    durations = {}
-    for job in todo:
-        try:
-            durations[job.source] = audio_info(job.source).duration_s
-        except (HiresError, OSError):
-            durations[job.source] = 0.0  # the restore below reports why
+    durations = {job.source: _duration(job.source) for job in todo}
     bar = None
     if progress and todo:
         from tqdm import tqdm
