@@ -28,6 +28,7 @@ model directories plus ``bundle.json`` naming them and where they came from.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -56,6 +57,8 @@ from training.models.diffusion import GaussianDiffusion
 from training.stages.ldm import check_compatible
 from training.stages.recovery import enhance
 from training.windows import OverlapAdd, WindowPlan, plan_windows
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 LOW_RATE = 16000
@@ -617,6 +620,12 @@ class Restorer:
                 )
             meter.add(x)
             pos += len(x)
+        if pos != frames:
+            # a truncated file or an estimated header (some mp3s): what decodes is what gets restored
+            log.warning("%s: header says %d frames, %d decode; restoring %d", name, frames, pos, pos)
+            frames = pos
+            if frames / sr < MIN_SECONDS:
+                raise DataError(f"{name}: only {frames} sample(s) decode (header says {source.frames})")
         loudness = meter.loudness()
         length = int(round(frames * SAMPLE_RATE / sr))
         return FilePlan(
