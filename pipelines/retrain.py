@@ -536,6 +536,9 @@ class RetrainResult:
         if "promote" in s and s["promote"].get("aliases"):
             moved = ", ".join(f"{k}@{ALIAS} -> {v}" for k, v in s["promote"]["aliases"].items())
             out.append(f"  aliases: {moved}")
+        timed = [f"{k} {v['seconds']:g} s" for k, v in s.items() if v.get("seconds") is not None]
+        if timed and self.status != "already finished":
+            out.append(f"  steps: {', '.join(timed)}")
         if self.parent_run_id:
             out.append(f"  MLflow parent run {self.parent_run_id} at {self.tracking_uri}")
         return out
@@ -562,18 +565,27 @@ def run_retrain(
     run_id = check_run_id(run_id or new_run_id())
     output = _abs(cfg.output)
     folder = storage.join(output, run_id)
-    tracking_uri = tracking_uri or cfg.tracking_uri or tracking.default_tracking_uri(output)
+    tracking_uri = tracking_uri or cfg.tracking_uri
+    if tracking_uri is None:
+        if is_uri(output):
+            raise UsageError(
+                f"output {output}: not a local folder: pass --tracking-uri (or tracking_uri in the config)"
+            )
+        tracking_uri = tracking.default_tracking_uri(output)
     identity = {"config": cfg.model_dump(mode="json"), "tracking_uri": tracking_uri, "run_id": run_id}
     identity["config"].pop("tracking_uri")
     state_path = storage.join(folder, STATE_FILE)
     result = RetrainResult(run_id, folder, "finished", tracking_uri=tracking_uri)
+
+    def finished(state: RetrainState) -> RetrainResult:
+        result.status, result.steps = "already finished", dict(state.steps)
+        result.parent_run_id = state.doc.get("parent_run_id")
+        result.wall_s = time.monotonic() - t0
+        return result
+
     if storage.exists(state_path):
-        state = RetrainState.open(state_path, identity)
-        if state.done("promote"):
-            result.status, result.steps = "already finished", dict(state.steps)
-            result.parent_run_id = state.doc.get("parent_run_id")
-            result.wall_s = time.monotonic() - t0
-            return result
+        if (state := RetrainState.open(state_path, identity)).done("promote"):
+            return finished(state)
     else:
         from pipelines.evaluate import split_samples
 
@@ -584,38 +596,42 @@ def run_retrain(
             if not is_uri(value) and not Path(value).expanduser().is_file():
                 raise DataError(f"corpus.{role} {value}: no such manifest")
         storage.makedirs(folder)
+    from datasets.lease import hold_lease
+
+    with hold_lease(folder, what="retrain"):  # one driver per retrain: a second one fails naming the first
         state = RetrainState.open(state_path, identity)
-    result.skipped = [k for k in state.steps if k != "champions"]
+        if state.done("promote"):  # finished by another driver meanwhile
+            return finished(state)
+        result.skipped = [k for k in state.steps if k != "champions"]
+        tags = {"hires.kind": "retrain", TAG + "run_id": run_id}
+        parent, _ = tracking.find_or_create_run(tracking_uri, cfg.experiment, run_id, folder, tags)
+        state.doc["parent_run_id"] = result.parent_run_id = parent
+        state.save()
+        started = False
+        with _failing(tracking_uri, parent):
+            try:
+                if not state.done("champions"):
+                    _log_config(tracking_uri, parent, cfg)
+                run = _Run(cfg, run_id, folder, state, tracking_uri, parent, progress)
+                run.champions()  # before Ray starts: a missing champion is a one-line error in seconds
+                ray_steps = ["corpus", *(f"train.{s}" for s in cfg.train.stages())]
+                if cfg.evaluation.remote:
+                    ray_steps += ["evaluate.candidate", "evaluate.champion"]
+                if any(not state.done(s) for s in ray_steps):
+                    from pipelines.ray_setup import init_ray
 
-    tags = {"hires.kind": "retrain", TAG + "run_id": run_id}
-    parent, _ = tracking.find_or_create_run(tracking_uri, cfg.experiment, run_id, folder, tags)
-    state.doc["parent_run_id"] = result.parent_run_id = parent
-    state.save()
-    started = False
-    with _failing(tracking_uri, parent):
-        try:
-            if not state.done("champions"):
-                _log_config(tracking_uri, parent, cfg)
-            run = _Run(cfg, run_id, folder, state, tracking_uri, parent, progress)
-            run.champions()  # before Ray starts: a missing champion is a one-line error in seconds
-            ray_steps = ["corpus", *(f"train.{s}" for s in cfg.train.stages())]
-            if cfg.evaluation.remote:
-                ray_steps += ["evaluate.candidate", "evaluate.champion"]
-            if any(not state.done(s) for s in ray_steps):
-                from pipelines.ray_setup import init_ray
-
-                started, _ = init_ray(address, num_cpus, quiet=not progress)
-            run.corpus()
-            for stage in cfg.train.stages():
-                run.train(stage)
-            run.evaluate_candidate()
-            run.evaluate_champion()
-            run.decide()
-            run.promote()
-        finally:
-            if started:
-                ray.shutdown()
-    tracking.end_run(tracking_uri, parent)
+                    started, _ = init_ray(address, num_cpus, quiet=not progress)
+                run.corpus()
+                for stage in cfg.train.stages():
+                    run.train(stage)
+                run.evaluate_candidate()
+                run.evaluate_champion()
+                run.decide()
+                run.promote()
+            finally:
+                if started:
+                    ray.shutdown()
+        tracking.end_run(tracking_uri, parent)
     result.steps = dict(state.steps)
     result.wall_s = time.monotonic() - t0
     return result
@@ -643,9 +659,12 @@ class _Run:
     ) -> None:  # fmt: skip
         self.cfg, self.run_id, self.folder, self.state = cfg, run_id, folder, state
         self.tracking_uri, self.parent, self.progress = tracking_uri, parent, progress
+        self._since = time.monotonic()  # steps run one after the other: a step took the time since the last
 
     def _finish(self, step: str, result: dict) -> None:
-        self.state.record(step, result)
+        now = time.monotonic()
+        self.state.record(step, {**result, "seconds": round(now - self._since, 1)})
+        self._since = now
         _set_tags(self.tracking_uri, self.parent, {f"{TAG}step.{step}": "done"})
         log.info("retrain %s: %s done", self.run_id, step)
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from pipelines.cli import main
-from pipelines.retrain import RetrainEvaluation, decide, load_retrain_config, run_retrain
+from pipelines.retrain import RetrainEvaluation, decide, load_retrain_config, recorded_score, run_retrain
 from training import tracking
 
 STAGES = ("recovery", "autoencoder", "vocoder", "ldm")
@@ -158,7 +158,9 @@ def test_a_stage_without_champion_must_be_trained(tmp_path, inputs, heldout, mod
     cfg = load_retrain_config(write_config(tmp_path / "retrain.yaml", inputs, heldout))
     uri = cfg.tracking_uri
     register_champions(uri, model_dirs, ("recovery", "autoencoder", "ldm"))  # no vocoder champion
-    with pytest.raises(Exception, match=r"no hires-vocoder@champion in the registry .*\(train\.vocoder in the config\)"):
+    with pytest.raises(
+        Exception, match=r"no hires-vocoder@champion in the registry .*\(train\.vocoder in the config\)"
+    ):
         run_retrain(cfg, run_id="r1", progress=False)
     assert not (tmp_path / "retrain" / "r1" / "corpus").exists()  # refused before synthesis
 
@@ -219,6 +221,10 @@ def test_the_gate_keeps_the_champion_and_records_why(tmp_path, inputs, heldout, 
     assert parent.data.tags["hires.retrain.decision"] == "rejected"
     assert parent.data.tags["hires.retrain.reason"] == d["reason"]
     assert d["reason"] in parent.data.tags["mlflow.note.content"]
+    # the champion's score is recorded for this held-out set: the next retrain reuses it instead of scoring again
+    champion = result.steps["evaluate.champion"]
+    found = recorded_score(uri, "hires", champion["key"], cfg.evaluation)
+    assert found == {"score": pytest.approx(champion["score"]), "run_id": champion["run_id"]}
     # the candidate is registered all the same, marked rejected
     assert (
         tracking._client(uri).get_model_version("hires-recovery", "2").tags["hires.retrain.decision"]
