@@ -216,6 +216,7 @@ def main() -> None:
             run = json.loads(done.stdout.strip().splitlines()[-1])
             run["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             runs.append(run)
+            print(json.dumps(run), file=sys.stderr, flush=True)  # partial results survive an interrupted run
             src.unlink()
         print(
             json.dumps(
