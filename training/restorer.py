@@ -131,6 +131,9 @@ class Bundle:
     ldm: LoadedModel | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.check()
+
     @property
     def generative(self) -> bool:
         return None not in (self.autoencoder, self.vocoder, self.ldm)
@@ -200,15 +203,13 @@ class Bundle:
         for stage in STAGES:
             if stage in sources and (need_generative or stage == "recovery" or given[stage] is not None):
                 loaded[stage] = load_model(sources[stage], tracking_uri)
-        out = cls(
+        return cls(  # checked in __post_init__
             recovery=loaded["recovery"],
             autoencoder=loaded.get("autoencoder"),
             vocoder=loaded.get("vocoder"),
             ldm=loaded.get("ldm"),
             sources={k: v for k, v in sources.items() if k in loaded},
         )
-        out.check()
-        return out
 
 
 def bundle_sources(bundle: str | Path) -> dict[str, str]:
