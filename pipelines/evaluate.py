@@ -8,8 +8,9 @@ Two entry points, one report (see :mod:`pipelines.report` for ``report.json``, `
   listed (``unmatched``), files that cannot be scored are listed with the reason (``failed``).
 * :func:`evaluate_shards` restores a held-out split of a synthesis run (``index.json`` split, in index order,
   the first ``limit`` samples) and scores ``degraded``, ``recovery`` and ``restored`` against ``clean``. With
-  several iteration counts the restored system becomes ``restored@K`` per count (each count restored from the
-  degraded input: the restorer returns only its last pass). A sample belongs to every degradation type among
+  several iteration counts the restored system becomes ``restored@K`` per count, all from one restore of the
+  largest count (the restorer returns each pass's output as ``restored@k`` with ``keep_stages``; a restorer that
+  does not is run once per count). A sample belongs to every degradation type among
   its metadata ``ops`` (``loudness`` and ``peak`` are applied to every sample and are no type).
 
 Systems: ``clean`` (the reference itself: only the non-intrusive DNSMOS, the ceiling a system can reach),
@@ -608,8 +609,20 @@ def _restore_sample(
         result = restorer.restore(degraded, sr, dataclasses.replace(options, keep_stages=True))
         signals["recovery"] = result.audio
         return signals
-    for k, system in zip(counts, final, strict=True):
-        result = restorer.restore(degraded, sr, dataclasses.replace(options, iterations=k, keep_stages=True))
+    done: dict[int, Any] = {}
+    if len(counts) > 1:
+        # one run of max(counts) passes gives every pass's output (restored@k) when the restorer keeps them
+        options_max = dataclasses.replace(options, iterations=counts[-1], keep_stages=True)
+        done[counts[-1]] = result = restorer.restore(degraded, sr, options_max)
+        passes = {k: result.stages.get(f"restored@{k}") for k in counts}
+        if all(x is not None for x in passes.values()):
+            signals["recovery"] = result.stages.get("recovery", result.audio)
+            signals.update({system: passes[k] for k, system in zip(counts, final, strict=True)})
+            return signals
+    for k, system in zip(counts, final, strict=True):  # a restorer that returns its last pass only
+        result = done.get(k) or restorer.restore(
+            degraded, sr, dataclasses.replace(options, iterations=k, keep_stages=True)
+        )
         signals.setdefault("recovery", result.stages.get("recovery", result.audio))
         signals[system] = result.audio
     return signals

@@ -89,8 +89,9 @@ class StandIn:
     """A restorer with the contract's ``restore``: a smoothed recovery; pass k adds white noise of amplitude
     0.02 k; counts its calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, every_pass: bool = False) -> None:
         self.calls = 0
+        self.every_pass = every_pass  # return restored@k for each pass, as training.restorer does
 
     def restore(self, audio, sample_rate, options=None):
         self.calls += 1
@@ -99,9 +100,12 @@ class StandIn:
         noise = np.random.default_rng(0).standard_normal(len(x)).astype(np.float32)
         restored = recovery + 0.02 * options.iterations * noise
         final = recovery if options.recovery_only else restored
-        return RestoredAudio(
-            final, SR, {"recovery": recovery, "restored": final} if options.keep_stages else {}
-        )
+        stages = {"recovery": recovery, "restored": final} if options.keep_stages else {}
+        if self.every_pass and options.keep_stages and options.iterations > 1:
+            stages.update(
+                {f"restored@{k}": recovery + 0.02 * k * noise for k in range(1, options.iterations + 1)}
+            )
+        return RestoredAudio(final, SR, stages)
 
 
 def test_mean_ci_is_the_student_t_interval():
@@ -167,6 +171,15 @@ def test_shards_scored_per_system_and_type_and_resumed(run_dir, tmp_path):
     )
     assert again.calls == 0
     assert report2.aggregate == report.aggregate
+    # a restorer that returns every pass: one restore per sample gives the same scores
+    every = StandIn(every_pass=True)
+    report3 = evaluate_shards(
+        str(run_dir), "test", every, str(tmp_path / "r3"), iterations=(1, 3), progress=False, examples=0,
+        metrics=["si_sdr"],
+    )  # fmt: skip
+    assert every.calls == 3
+    for system in ("recovery", "restored@1", "restored@3"):
+        assert report3.aggregate[system]["si_sdr"] == report.aggregate[system]["si_sdr"]
 
 
 def test_recovery_only_and_limit(run_dir, tmp_path):
