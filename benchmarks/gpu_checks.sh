@@ -27,10 +27,8 @@ step() {  # step NAME COMMAND...: run, keep stdout as NAME.json and stderr as NA
 
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)" \
     || exit 1
-step models "$PY" benchmarks/models.py --configs paper --steps 5
 step train_step "$PY" benchmarks/train_step.py --skip-ray --device cuda --config paper --steps "$STEPS"
 step train_step_ddp "$PY" benchmarks/train_step.py --skip-ray --device cuda --config paper --steps "$STEPS" --ddp
-if [ -f benchmarks/restore.py ]; then
-    step restore "$PY" benchmarks/restore.py --config paper --device cuda
-fi
+step restore "$PY" benchmarks/restore.py --config paper --device cuda
+step models "$PY" benchmarks/models.py --configs paper --steps 5
 exit $failed
