@@ -180,6 +180,8 @@ def restore_paths(
             summary.skipped.append(job.output)
         else:
             todo.append(job)
+    # models load before any file: a bad bundle stops the run with one line instead of rejecting every file
+    engine = None if not todo else restorer if isinstance(restorer, Restorer) else restorer()
     durations = {job.source: _duration(job.source) for job in todo}
     bar = None
     if progress and todo:
@@ -191,8 +193,6 @@ def restore_paths(
             desc="restore",
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio [{elapsed}<{remaining}]",
         )
-    # models load before any file: a bad bundle stops the run with one line instead of rejecting every file
-    engine = None if not todo else restorer if isinstance(restorer, Restorer) else restorer()
     try:
         for job in todo:
             done = 0.0
@@ -215,8 +215,8 @@ def restore_paths(
             except (UsageError, MemoryError):
                 raise  # the command, not this file, is wrong: stop
             except Exception as e:
-                if not isinstance(e, HiresError | OSError):
-                    log.exception("restoring %s failed", job.source)
+                if not isinstance(e, HiresError | OSError):  # a bug: its traceback for --debug logging
+                    log.debug("restoring %s failed", job.source, exc_info=True)
                 summary.rejected.append({"path": str(job.source), "reason": _reason(e)})
             if bar is not None:
                 bar.update((durations.get(job.source, 0.0) - done) / 3600)  # the rest of a failed file
