@@ -540,6 +540,9 @@ def evaluate_shards(
             str(bundle), tracking_uri=bundle_tracking_uri, need_generative=not options.recovery_only
         )
         restorer, bundle_name = Restorer(loaded, device=device), str(Path(str(bundle)).expanduser().resolve())
+    models = getattr(restorer, "bundle", None)
+    if models is not None:  # a model retrained in place must not reuse the scores of its predecessor
+        bundle_name = {"bundle": bundle_name, "models": _model_identity(models)}
     final = [] if options.recovery_only else restored_systems(counts)
     systems = _systems_with_reference(names, ["degraded", "recovery", *final])
     from datasets import shards as shard_format
@@ -598,6 +601,17 @@ def evaluate_shards(
         out_dir, "shards", systems, rows, items, failed, {}, settings, counts if final else [], tracking_uri,
         run_name, experiment, items[:examples], progress,
     )  # fmt: skip
+
+
+def _model_identity(bundle: Any) -> dict[str, str]:
+    """Stage -> sha256 of its ``model.json`` content as loaded (step, config, lineage, metrics)."""
+    out = {}
+    for stage in ("recovery", "autoencoder", "vocoder", "ldm"):
+        loaded = getattr(bundle, stage, None)
+        if loaded is not None:
+            meta = json.dumps(_json_safe(loaded.meta), sort_keys=True, default=str)
+            out[stage] = hashlib.sha256(meta.encode()).hexdigest()[:16]
+    return out
 
 
 def _restore_sample(

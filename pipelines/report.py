@@ -114,7 +114,7 @@ def markdown(report: EvaluationReport, figures: list[str]) -> str:
         opts = s.get("options", {})
         lines += [
             f"- shards: `{s.get('shards')}`, split `{s.get('split')}`: {report.items} {what} scored",
-            f"- models: `{s.get('bundle')}` on {s.get('device')}; steps {opts.get('steps') or 'config'}, guidance "
+            f"- models: `{b.get('bundle') if isinstance(b := s.get('bundle'), dict) else b}` on {s.get('device')}; steps {opts.get('steps') or 'config'}, guidance "
             f"{opts.get('guidance') if opts.get('guidance') is not None else 'config'}, seed {opts.get('seed')}"
             + (", recovery only" if opts.get("recovery_only") else ""),
         ]
