@@ -312,8 +312,27 @@ def champion_version(tracking_uri: str, stage: str) -> str | None:
     client = tracking._client(tracking_uri)
     try:
         return str(client.get_model_version_by_alias(tracking.model_name(stage), ALIAS).version)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        # no such model, or no such alias (MLflow 3 answers INVALID_PARAMETER_VALUE); anything else (a refused
+        # request, a broken store) must not pass for "no champion", which would promote the candidate unchecked
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def check_champions(cfg: RetrainConfig, tracking_uri: str) -> dict[str, str | None]:
+    """The champion version of every stage (None: none yet); a UsageError when a stage that is not trained has
+    none (the candidate bundle would lack it)."""
+    pinned = {stage: champion_version(tracking_uri, stage) for stage in STAGES}
+    trained = cfg.train.stages()
+    lacking = [s for s in STAGES if pinned[s] is None and s not in trained]
+    if lacking:
+        raise UsageError(
+            f"no {', '.join(f'hires-{s}@{ALIAS}' for s in lacking)} in the registry at {tracking_uri}: "
+            f"train {'it' if len(lacking) == 1 else 'them'} in this retrain (train.{lacking[0]} in the config) "
+            f"or mark a version {ALIAS}"
+        )
+    return pinned
 
 
 def version_uri(stage: str, version: str) -> str:
@@ -595,6 +614,8 @@ def run_retrain(
             value = getattr(cfg.corpus, role)
             if not is_uri(value) and not Path(value).expanduser().is_file():
                 raise DataError(f"corpus.{role} {value}: no such manifest")
+        tracking.check_reachable(tracking_uri)
+        check_champions(cfg, tracking_uri)  # pinned for good in the first step; here only to fail early
         storage.makedirs(folder)
     from datasets.lease import hold_lease
 
@@ -674,15 +695,7 @@ class _Run:
             return
         from datasets.shards import index_sha256
 
-        pinned = {stage: champion_version(self.tracking_uri, stage) for stage in STAGES}
-        trained = self.cfg.train.stages()
-        lacking = [s for s in STAGES if pinned[s] is None and s not in trained]
-        if lacking:
-            raise UsageError(
-                f"no {', '.join(f'hires-{s}@{ALIAS}' for s in lacking)} in the registry at {self.tracking_uri}: "
-                f"train {'it' if len(lacking) == 1 else 'them'} in this retrain (train.{lacking[0]} in the config) "
-                f"or mark a version {ALIAS}"
-            )
+        pinned = check_champions(self.cfg, self.tracking_uri)
         heldout = index_sha256(self.cfg.evaluation.shards)
         params = {f"champion.{s}": version_uri(s, v) if v else "none" for s, v in pinned.items()}
         _set_tags(self.tracking_uri, self.parent, {**{TAG + k: v for k, v in params.items()},

@@ -162,7 +162,7 @@ def test_a_stage_without_champion_must_be_trained(tmp_path, inputs, heldout, mod
         Exception, match=r"no hires-vocoder@champion in the registry .*\(train\.vocoder in the config\)"
     ):
         run_retrain(cfg, run_id="r1", progress=False)
-    assert not (tmp_path / "retrain" / "r1" / "corpus").exists()  # refused before synthesis
+    assert not (tmp_path / "retrain").exists()  # refused before anything is written
 
 
 # ---------------------------------------------------------------------------------------------------- retrains
