@@ -548,7 +548,9 @@ class RetrainResult:
                 out.append(f"  {which}: {e['skipped']}")
                 continue
             how = f"reused from run {e['run_id']}" if e.get("reused") else f"run {e.get('run_id')}"
-            out.append(f"  {which} {metric or 'score'}: {e.get('score')} ({how})")
+            score = e.get("score")
+            shown = f"{score:.4f}" if isinstance(score, float) else "no finite score"
+            out.append(f"  {which} {metric or 'score'}: {shown} ({how})")
         if self.decision:
             verdict = "promoted the candidate" if self.decision["promote"] else "kept the champion"
             out.append(f"  decision: {verdict}: {self.decision['reason']}")
@@ -642,6 +644,7 @@ def run_retrain(
                     from pipelines.ray_setup import init_ray
 
                     started, _ = init_ray(address, num_cpus, quiet=not progress)
+                    run.restart_clock()  # Ray's start-up is no step's time
                 run.corpus()
                 for stage in cfg.train.stages():
                     run.train(stage)
@@ -681,6 +684,9 @@ class _Run:
         self.cfg, self.run_id, self.folder, self.state = cfg, run_id, folder, state
         self.tracking_uri, self.parent, self.progress = tracking_uri, parent, progress
         self._since = time.monotonic()  # steps run one after the other: a step took the time since the last
+
+    def restart_clock(self) -> None:
+        self._since = time.monotonic()
 
     def _finish(self, step: str, result: dict) -> None:
         now = time.monotonic()
