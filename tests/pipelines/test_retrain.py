@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from datasets.errors import IncompatibleError
 from pipelines.cli import main
 from pipelines.retrain import RetrainEvaluation, decide, load_retrain_config, recorded_score, run_retrain
 from training import tracking
@@ -138,7 +139,7 @@ def test_the_gate_compares_by_direction_and_margin():
     assert decide(8.0, 9.0, tolerant).promote
 
 
-def test_the_config_rejects_unknown_keys_and_a_vae_without_its_ldm(tmp_path, inputs, capsys):
+def test_the_config_rejects_unknown_keys_and_a_vae_without_its_ldm(tmp_path, inputs, capsys, monkeypatch):
     cfg = tmp_path / "retrain.yaml"
     cfg.write_text(yaml.safe_dump({"output": "o", "corpus": {**inputs, "seeed": 1}, "train": {"recovery": {}},
                                    "evaluation": {"shards": "s"}}))  # fmt: skip
@@ -150,7 +151,8 @@ def test_the_config_rejects_unknown_keys_and_a_vae_without_its_ldm(tmp_path, inp
     err = capsys.readouterr().err
     assert "train: Value error, autoencoder is trained but ldm is not" in err
     assert "evaluation.metric: Value error, expected SYSTEM/METRIC" in err
-    shipped = load_retrain_config("configs/retrain.yaml")  # the shipped file, as the cron job names it
+    monkeypatch.chdir(tmp_path)  # a job outside a checkout: the shipped file, as the cron job names it
+    shipped = load_retrain_config("configs/retrain.yaml")
     assert shipped.train.stages() == ["recovery", "ldm"] and shipped.evaluation.device == "cuda"
 
 
@@ -230,6 +232,11 @@ def test_the_gate_keeps_the_champion_and_records_why(tmp_path, inputs, heldout, 
         tracking._client(uri).get_model_version("hires-recovery", "2").tags["hires.retrain.decision"]
         == "rejected"
     )
+    # the run id belongs to this config: another one is refused, naming what changed
+    changed = cfg.model_copy(deep=True)
+    changed.evaluation.margin = 0.0
+    with pytest.raises(IncompatibleError, match=r"started with another config\.evaluation\.margin"):
+        run_retrain(changed, run_id="r1", progress=False)
 
 
 def test_an_interrupted_retrain_resumes_without_redoing_finished_steps(
