@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -320,6 +321,9 @@ class _OpenSource:
         self.source: Any
         if _needs_ffmpeg(path):
             self.scratch = tempfile.mkdtemp(prefix="hires-restore-ray-")
+            # an actor keeps its last source open until it leaves the pool: removed then, or at the latest when its
+            # process exits
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.scratch, True)
             local = path
             if is_uri(path):
                 local = os.path.join(self.scratch, "input" + PurePosixPath(path).suffix)
@@ -350,7 +354,7 @@ class _OpenSource:
         if isinstance(getattr(self, "source", None), _RemoteSource):
             self.source.close()
         if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            self._cleanup()
             self.scratch = None
 
 
