@@ -57,6 +57,7 @@ class DemoRir(StrictModel):
 class DemoSynth(StrictModel):
     config: str = "synth/default.yaml"
     samples_per_shard: int = Field(8, ge=1)
+    overrides: dict[str, Any] = {}  # dotted synth-config fields, e.g. {"chain.noise.probability": 1.0}
 
 
 class DemoTrain(StrictModel):
@@ -147,7 +148,7 @@ def run_demo(
     # a misspelled synth config is reported before minutes of corpus and bank generation
     synth_cfg = check_synth_config(
         CONFIG_ROOT / cfg.synth.config,
-        {"shards.samples_per_shard": cfg.synth.samples_per_shard},
+        {"shards.samples_per_shard": cfg.synth.samples_per_shard, **cfg.synth.overrides},
         what="demo config synth.config",
     )
 
@@ -268,9 +269,10 @@ def train_demo_stages(
     """
     import ray
 
+    from datasets.errors import IncompatibleError
     from pipelines.ray_setup import init_ray
     from training import tracking
-    from training.launcher import TrainRequest, run_training
+    from training.launcher import TrainRequest, default_run_name, run_training
 
     t = cfg.train
     started, _ = init_ray(None, num_cpus, quiet=not progress)
@@ -293,7 +295,14 @@ def train_demo_stages(
                 command=f"hires demo (train {stage})",
                 tracking_uri=result.tracking_uri,
             )
-            summary = run_training(request, connect=lambda _address: False)
+            try:
+                summary = run_training(request, connect=lambda _address: False)
+            except IncompatibleError as e:
+                # the demo folder is disposable: shards re-rendered after a code or config change (or new
+                # training settings) make the earlier run stale; train it anew instead of failing
+                log.warning("%s; training %s anew", str(e).split(";")[0], stage)
+                shutil.rmtree(out / default_run_name(stage, t.config))
+                summary = run_training(request, connect=lambda _address: False)
             models[stage] = summary.model_dir
             result.tracking_uri = summary.tracking_uri or tracking.default_tracking_uri(str(out))
             loss = summary.metrics.get("loss")
