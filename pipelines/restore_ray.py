@@ -457,9 +457,7 @@ def unpack_bundle(packed: dict[str, dict[str, Any]]) -> Bundle:
         network.load_state_dict(load(entry["weights"]), strict=True)
         network.eval().requires_grad_(False)
         loaded[stage] = LoadedModel(stage, cfg, network, entry["meta"], entry["source"])
-    bundle = Bundle(**loaded, sources={s: e["source"] for s, e in packed.items()})
-    bundle.check()
-    return bundle
+    return Bundle(**loaded, sources={s: e["source"] for s, e in packed.items()})  # checked on construction
 
 
 class WindowRestorer:
