@@ -26,6 +26,7 @@ from degradations import (  # noqa: F401  (importing the modules registers the o
     peak,
     reverb,
     saturation,
+    wind,
 )
 from degradations.banks import BankEntry, Banks
 from degradations.base import (

@@ -6,14 +6,16 @@ Recipe (all numbers in the ``chain:`` section of ``configs/synth/default.yaml``)
 2. ``gain`` with probability 0.2: a recording-level change of target and degraded alike (see
    :mod:`degradations.gain` for why it is joint and what it changes);
 3. ``reverb`` with probability 0.5 (when the catalogue has RIRs);
-4. ``noise`` with probability 0.5 (when the catalogue has noise);
+4. ``noise`` with probability 0.5 (when the catalogue has noise other than ``noise.exclude_types``: wind);
+   then ``wind`` with probability 0.05 (when the catalogue has files of a type in ``wind.noise_types``);
 5. ``k`` extra operators, P(k = 0, 1, 2, 3) = .25/.40/.20/.15, drawn without replacement, in random order, from
    ``extras.ops`` (bandwidth, clipping, codec, packet_loss, eq, dynamics, saturation, bitdepth, mic);
 6. ``peak``: joint scaling of target and degraded to a peak <= 0.99.
 
 With probability ``noise.after_extras_probability`` (0.5) the noise step moves after the extras, so the noise
 stays full band (and uncoded) over band-limited or coded speech, as VoiceFixer leaves it half the time; the
-noise step's ``after_extras`` parameter records the draw, and the order of the steps is what render follows.
+noise step's ``after_extras`` parameter records the draw, and the order of the steps is what render follows. The
+wind step goes where the noise step goes (right after it), with or without noise, and records the same draw.
 
 :func:`plan` is a pure function of ``(key, seed, cfg, ctx)``: the chain's structure (which steps, how many
 extras, their order) comes from ``sample_rng(seed, key)`` and each operator's parameters from its own sub-stream
@@ -65,8 +67,9 @@ from degradations.packet_loss import PacketLossConfig
 from degradations.peak import PeakConfig
 from degradations.reverb import ReverbConfig
 from degradations.saturation import SaturationConfig
+from degradations.wind import WindConfig
 
-FIXED_STEPS = ("loudness", "gain", "reverb", "noise", "peak")
+FIXED_STEPS = ("loudness", "gain", "reverb", "noise", "wind", "peak")
 
 
 class ExtrasConfig(StrictModel):
@@ -121,6 +124,7 @@ class ChainConfig(StrictModel):
     gain: GainConfig = Field(default_factory=GainConfig)
     reverb: ReverbConfig = Field(default_factory=ReverbConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    wind: WindConfig = Field(default_factory=WindConfig)
     extras: ExtrasConfig = Field(default_factory=ExtrasConfig)
     bandwidth: BandwidthConfig = Field(default_factory=BandwidthConfig)
     clipping: ClippingConfig = Field(default_factory=ClippingConfig)
@@ -159,8 +163,8 @@ def plan(
 ) -> list[dict]:
     """The ordered steps ``[{"op": name, "params": {...}}, ...]`` for sample ``key`` under ``seed``.
 
-    ``ctx`` is the bank catalogue (:meth:`Banks.catalog`); without RIRs (or noise) the reverb (noise) step is
-    never planned. The result is plain JSON.
+    ``ctx`` is the bank catalogue (:meth:`Banks.catalog`); without RIRs (noise, wind files) the reverb (noise,
+    wind) step is never planned. The result is plain JSON.
     """
     cfg = cfg if cfg is not None else ChainConfig()
     ctx = ctx if ctx is not None else {}
@@ -176,6 +180,7 @@ def plan(
     # draws added after the ones above (so these keep their values for every key)
     u_gain = rng.random()
     u_noise_after = rng.random()
+    u_wind = rng.random()
 
     names: list[str] = []
     if cfg.loudness.enabled:
@@ -186,16 +191,18 @@ def plan(
         names.append("reverb")
     noise = u_noise < cfg.noise.probability and ops["noise"].available(ctx)
     noise_after = u_noise_after < cfg.noise.after_extras_probability
-    if noise and not noise_after:
-        names.append("noise")
+    wind = u_wind < cfg.wind.probability and ops["wind"].available(ctx)
+    additive = ["noise"] * noise + ["wind"] * wind
+    if not noise_after:
+        names.extend(additive)
     names.extend(cfg.extras.ops[int(i)] for i in order[:k])
-    if noise and noise_after:
-        names.append("noise")
+    if noise_after:
+        names.extend(additive)
     if cfg.peak.enabled:
         names.append("peak")
     steps = [{"op": name, "params": ops[name].sample(sample_rng(seed, key, name), ctx)} for name in names]
     for step in steps:
-        if step["op"] == "noise":
+        if step["op"] in ("noise", "wind"):
             step["params"]["after_extras"] = bool(noise_after)
     return steps
 

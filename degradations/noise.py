@@ -21,6 +21,10 @@ speech). Plans without the key keep the active-speech measure and no cap.
 
 ``after_extras`` is recorded from the plan: True when the chain adds the noise after the extra operators, so it
 stays full-band over band-limited or coded speech (see :mod:`degradations.chain`).
+
+The step draws among the catalogue's noise files whose ``noise_type`` is not in ``exclude_types`` (files without a
+type are always drawn); wind, by default, comes only from its own step (:mod:`degradations.wind`, the same operator
+restricted to wind files).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class NoiseConfig(StrictModel):
     reference_level_db: float = -26.0
     # VoiceFixer leaves the noise full band about half the time (dm_sr_rand_sr_order.py: chance % 2 == 0)
     after_extras_probability: float = Field(0.5, ge=0.0, le=1.0)
+    # noise types left to their own step: URGENT 2025 draws wind apart (p .05 at -10..15 dB, chain.wind)
+    exclude_types: list[str] = Field(default_factory=lambda: ["wind"])
 
     @field_validator("snr_db")
     @classmethod
@@ -108,13 +114,18 @@ class Noise(Degradation):
     )
     uses_valid = True
 
+    def candidates(self, ctx: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The catalogue noise entries this step draws from (in catalogue order): every type but ``exclude_types``."""
+        excluded = set(self.config.exclude_types)
+        return [e for e in ctx.get("noise") or [] if e.get("noise_type") not in excluded]
+
     def available(self, ctx: Mapping[str, Any]) -> bool:
-        return bool(ctx.get("noise"))
+        return bool(self.candidates(ctx))
 
     def sample(self, rng: np.random.Generator, ctx: Mapping[str, Any]) -> dict[str, Any]:
-        noises = ctx.get("noise") or []
+        noises = self.candidates(ctx)
         if not noises:
-            raise ValueError("noise: the bank catalogue has no noise files")
+            raise ValueError(f"{self.name}: the bank catalogue has no noise files it may draw")
         entry = noises[int(rng.integers(len(noises)))]
         lo, hi = self.config.snr_db
         return {
@@ -127,9 +138,9 @@ class Noise(Degradation):
 
     def process(self, x: np.ndarray, sr: int, params: Mapping[str, Any], banks: Any) -> Applied:
         if banks is None:
-            raise ValueError("noise: needs banks with a noise bank")
+            raise ValueError(f"{self.name}: needs banks with a noise bank")
         if banks.sr != sr:
-            raise ValueError(f"noise: banks are at {banks.sr} Hz but the signal is at {sr} Hz")
+            raise ValueError(f"{self.name}: banks are at {banks.sr} Hz but the signal is at {sr} Hz")
         nid = params["noise_id"]
         report: dict[str, Any] = {
             "noise_id": nid,
@@ -144,7 +155,9 @@ class Noise(Degradation):
         }
         definition = params.get("snr_definition", "active")
         if definition not in ("active", "auto"):
-            raise ValueError(f"noise: unknown snr_definition {definition!r}; expected 'active' or 'auto'")
+            raise ValueError(
+                f"{self.name}: unknown snr_definition {definition!r}; expected 'active' or 'auto'"
+            )
         if len(x) == 0:
             return Applied(x.copy(), report)
         seg, offset = noise_excerpt(banks.noise(nid), len(x), float(params["offset_fraction"]))

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from datasets.manifest import write_manifest
-from degradations import Banks
+from degradations import BankEntry, Banks
 from degradations.synthetic import noise_signal, speech_like, synthetic_rir
 
 SR = 48000
@@ -49,6 +49,32 @@ def memory_banks() -> Banks:
     rir = {rid: synthetic_rir(rt, SR, seed=i) for i, (rid, rt) in enumerate(RIR_RT60.items())}
     meta = {rid: {"rt60": rt, "drr": None, "c50": None} for rid, rt in RIR_RT60.items()}
     return Banks.from_arrays(SR, noise=noise, rir=rir, rir_meta=meta)
+
+
+@pytest.fixture(scope="session")
+def wind_banks() -> Banks:
+    """The in-memory banks of ``memory_banks`` plus two demo wind files (``noise_type`` wind) for the wind step."""
+    from datasets.banks import make_noise
+
+    base = Banks.from_arrays(
+        SR,
+        noise={
+            "white": noise_signal(3.0, SR, seed=1),
+            "brown": noise_signal(4.0, SR, seed=2, color=0.95),
+            "short": noise_signal(0.3, SR, seed=3, color=0.5),
+        },
+        rir={rid: synthetic_rir(rt, SR, seed=i) for i, (rid, rt) in enumerate(RIR_RT60.items())},
+        rir_meta={rid: {"rt60": rt, "drr": None, "c50": None} for rid, rt in RIR_RT60.items()},
+    )
+    catalog = base.catalog()
+    noise = {e["id"]: base.entry("noise", e["id"]) for e in catalog["noise"]}
+    rir = {e["id"]: base.entry("rir", e["id"]) for e in catalog["rir"]}
+    arrays = {("noise", i): base.noise(i) for i in noise} | {("rir", i): base.rir(i) for i in rir}
+    for i, wid in enumerate(("wind_a", "wind_b")):
+        x = make_noise("wind", 3.0, np.random.default_rng(40 + i), SR)
+        noise[wid] = BankEntry(wid, None, SR, len(x), {"noise_type": "wind"})
+        arrays[("noise", wid)] = x
+    return Banks(SR, noise=noise, rir=rir, arrays=arrays)
 
 
 def _row(path: Path, bid: str, sr: int, frames: int, kind: str, split: str, **extra) -> dict:
