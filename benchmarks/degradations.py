@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from degradations import Banks, ChainConfig, plan, render, sample_rng  # noqa: E402
+from datasets.banks import make_noise  # noqa: E402
+from degradations import BankEntry, Banks, ChainConfig, plan, render, sample_rng  # noqa: E402
 from degradations.codec import available_codecs  # noqa: E402
 from degradations.synthetic import noise_signal, speech_like, synthetic_rir  # noqa: E402
 
@@ -47,7 +48,15 @@ def make_banks() -> Banks:
     rt60s = [0.2, 0.35, 0.5, 0.7, 0.9, 1.2]
     rir = {f"rir{i:02d}": synthetic_rir(rt, SR, seed=i) for i, rt in enumerate(rt60s)}
     meta = {f"rir{i:02d}": {"rt60": rt} for i, rt in enumerate(rt60s)}
-    return Banks.from_arrays(SR, noise=noise, rir=rir, rir_meta=meta)
+    banks = Banks.from_arrays(SR, noise=noise, rir=rir, rir_meta=meta)
+    # two demo wind files (noise_type wind) for the wind step
+    entries = {k: {e["id"]: banks.entry(k, e["id"]) for e in banks.catalog()[k]} for k in ("noise", "rir")}
+    arrays = {(k, i): banks.noise(i) if k == "noise" else banks.rir(i) for k in entries for i in entries[k]}
+    for i in range(2):
+        x = make_noise("wind", 20.0, np.random.default_rng(100 + i), SR)
+        entries["noise"][f"wind{i:02d}"] = BankEntry(f"wind{i:02d}", None, SR, len(x), {"noise_type": "wind"})
+        arrays[("noise", f"wind{i:02d}")] = x
+    return Banks(SR, noise=entries["noise"], rir=entries["rir"], arrays=arrays)
 
 
 def _time(fn, repeats: int) -> tuple[float, float]:
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     results: dict[str, object] = {}
     results_padded: dict[str, object] = {}
-    for name in ("loudness", "gain", "reverb", "noise", *cfg.extras.ops, "peak"):
+    for name in ("loudness", "gain", "reverb", "noise", "wind", *cfg.extras.ops, "peak"):
         results[name] = bench_operator(name, cfg, banks, clips, args.draws, args.repeats)
         results_padded[name] = bench_operator(name, cfg, banks, padded, args.draws, args.repeats)
     if not args.skip_codecs:
