@@ -2,8 +2,8 @@
 --head`` on free ports of 127.0.0.1 with the job server, token authentication on) receives a tiny synthesis and
 then one tiny training stage on its shards, both as ``ray job submit --working-dir . --runtime-env
 infra/runtime_env.yaml -- python -m pipelines ... --address auto`` the way README's cluster recipes run them. Both
-jobs reach SUCCEEDED, ``ray job logs`` returns their output, and the training's MLflow run carries the Ray job
-id and submission id. The head is stopped afterwards, also when the test fails."""
+jobs reach SUCCEEDED, the shards equal the local reference run byte for byte, ``ray job logs`` returns their
+output, and the training's MLflow run carries the Ray job id and submission id. The head is stopped afterwards, also when the test fails."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ray_helpers import (
     subprocess_env,
     wait_for,
 )
-from synth_helpers import synth_argv
+from synth_helpers import assert_same_run, synth_argv
 
 RAY = str(VENV_BIN / "ray")
 
@@ -102,7 +102,7 @@ def ray_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_synth_then_training_as_submitted_jobs(demo_inputs, tmp_path):
+def test_synth_then_training_as_submitted_jobs(demo_inputs, reference_run, tmp_path):
     from mlflow import MlflowClient
 
     from training import tracking
@@ -125,7 +125,7 @@ def test_synth_then_training_as_submitted_jobs(demo_inputs, tmp_path):
             url, synth_id, synth_argv(demo_inputs, str(shards), "--address", "auto"), env
         )
         assert submit.returncode == 0, logs
-        assert (shards / "index.json").is_file()
+        assert_same_run(reference_run, shards)  # a submitted job writes the bytes a local run writes
 
         train_out = tmp_path / "train"
         train_id = "hires-train-job"
