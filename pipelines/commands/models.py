@@ -11,7 +11,9 @@ from pipelines.commands import positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="inspect the networks of the training stages")
+    models = sub.add_parser(
+        "models", help="inspect stage networks, bundle trained stages, trace a model's lineage"
+    )
     models.set_defaults(_parser=models)
     msub = models.add_subparsers(dest="models_command", metavar="COMMAND")
 
