@@ -134,7 +134,7 @@ def write_rejects(out: Path, rejects: list[dict]) -> None:
     tmp.replace(out / REJECTS)
 
 
-def _reason(e: BaseException) -> str:
+def reject_reason(e: BaseException) -> str:
     text = " ".join(str(e).split())
     if isinstance(e, HiresError | OSError):
         return text or type(e).__name__
@@ -217,7 +217,7 @@ def restore_paths(
             except Exception as e:
                 if not isinstance(e, HiresError | OSError):  # a bug: its traceback for --debug logging
                     log.debug("restoring %s failed", job.source, exc_info=True)
-                summary.rejected.append({"path": str(job.source), "reason": _reason(e)})
+                summary.rejected.append({"path": str(job.source), "reason": reject_reason(e)})
             if bar is not None:
                 bar.update((durations.get(job.source, 0.0) - done) / 3600)  # the rest of a failed file
     finally:

@@ -45,7 +45,7 @@ import numpy as np
 from datasets import storage
 from datasets.audio import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, AudioError, is_uri
 from datasets.errors import DataError, HiresError, UsageError
-from pipelines.restore import EXIT_SOME_FAILED, REJECTS, _reason, check_writable
+from pipelines.restore import EXIT_SOME_FAILED, REJECTS, check_writable, reject_reason
 from training.restorer import (
     FORMATS,
     SAMPLE_RATE,
@@ -314,7 +314,7 @@ class _OpenSource:
     ffmpeg-only containers decoded once to a temporary WAV (a local copy first for URIs)."""
 
     def __init__(self, path: str) -> None:
-        from training.restorer import _decode_with_ffmpeg, _FileSource
+        from training.restorer import FileSource, decode_with_ffmpeg
 
         self.path = path
         self.scratch: str | None = None
@@ -334,7 +334,7 @@ class _OpenSource:
                     self.close()
                     raise DataError(f"{path}: file not found") from None
             try:
-                self.source = _FileSource(_decode_with_ffmpeg(local, self.scratch), name=path)
+                self.source = FileSource(decode_with_ffmpeg(local, self.scratch), name=path)
             except BaseException:
                 self.close()
                 raise
@@ -348,7 +348,7 @@ class _OpenSource:
                 raise DataError(f"{path}: not a file")
             if p.stat().st_size == 0:
                 raise DataError(f"{path}: empty file (0 bytes)")
-            self.source = _FileSource(path, name=path)
+            self.source = FileSource(path, name=path)
 
     def close(self) -> None:
         if isinstance(getattr(self, "source", None), _RemoteSource):
@@ -388,11 +388,11 @@ def _plan_file(row: dict[str, Any], planner: _Planner, options: RestoreOptions) 
     try:
         src = _OpenSource(row["source"])
         try:
-            plan = planner._plan_source(src.source, src.source.channels, options, None)
+            plan = planner.plan_source(src.source, src.source.channels, options, None)
         finally:
             src.close()
     except Exception as e:
-        out["error"] = _reason(e)
+        out["error"] = reject_reason(e)
         return out
     out.update(
         sample_rate=plan.sample_rate,
@@ -504,9 +504,9 @@ class WindowRestorer:
             )
             window = Window(int(batch["index"][i]), int(batch["start"][i]), int(batch["window"][i]), 0, 0)
             try:
-                inputs[i] = self.restorer._read_window(self._source(plan.source), plan, window)
+                inputs[i] = self.restorer.read_source_window(self._source(plan.source), plan, window)
             except Exception as e:
-                errors[i] = _reason(e)
+                errors[i] = reject_reason(e)
         size = int(batch["window"][0]) if n else 0
         result = {stage: np.zeros((n, size), dtype=np.float32) for stage in self.stages}
         good = sorted(inputs)
@@ -519,7 +519,7 @@ class WindowRestorer:
                     for stage in self.stages:
                         result[stage][i] = out[stage]
             except Exception as e:
-                reason = _reason(e)
+                reason = reject_reason(e)
                 for i in good:
                     errors[i] = reason
         return {
@@ -863,7 +863,10 @@ def _assemble(
                     current = None
                 failed.add(i)
                 summary.rejected.append(
-                    {"path": todo[i].source, "reason": str(e) if isinstance(e, _WindowError) else _reason(e)}
+                    {
+                        "path": todo[i].source,
+                        "reason": str(e) if isinstance(e, _WindowError) else reject_reason(e),
+                    }
                 )
                 if not isinstance(e, HiresError | OSError | _WindowError):
                     log.exception("writing %s failed", todo[i].output)

@@ -298,7 +298,7 @@ def write_bundle(
 # ------------------------------------------------------------------------------------------------------ sources
 
 
-class _ArraySource:
+class ArraySource:
     """An in-memory mono signal read like a file."""
 
     def __init__(self, x: np.ndarray, sample_rate: int, name: str = "<array>") -> None:
@@ -308,7 +308,7 @@ class _ArraySource:
         return self.x[max(start, 0) : max(stop, 0)]
 
 
-class _FileSource:
+class FileSource:
     """A local audio file read in slices with soundfile (seeking, so memory stays bounded); downmixed to mono."""
 
     def __init__(self, path: str, name: str | None = None) -> None:
@@ -360,7 +360,7 @@ def _mono(x: np.ndarray) -> np.ndarray:
     return x[:, 0].copy() if x.ndim == 2 and x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
 
 
-def _decode_with_ffmpeg(src: str, dst_dir: str) -> str:
+def decode_with_ffmpeg(src: str, dst_dir: str) -> str:
     """Decode an ffmpeg-only container to a float WAV file (streamed by ffmpeg: memory stays flat)."""
     if not ffmpeg_available():
         raise AudioError(
@@ -596,9 +596,11 @@ class Restorer:
             align=self.align,
         )
 
-    def _plan_source(
+    def plan_source(
         self, source: Any, channels: int, options: RestoreOptions, reader_path: str | None
     ) -> FilePlan:
+        """The :class:`FilePlan` of an open source (:class:`FileSource`, :class:`ArraySource`): checks, the
+        streaming loudness pass and the windows. ``reader_path`` is the decoded copy of an ffmpeg-only input."""
         name, sr, frames = source.name, source.sample_rate, source.frames
         if frames == 0:
             raise DataError(f"{name}: empty audio (0 samples)")
@@ -660,10 +662,10 @@ class Restorer:
             raise DataError(f"{src}: empty file (0 bytes)")
         reader_path = None
         if path.suffix.lower() in FFMPEG_EXTENSIONS:
-            reader_path = _decode_with_ffmpeg(str(path), tempfile.mkdtemp(prefix="hires-restore-"))
-        source = _FileSource(reader_path or str(path), name=str(src))
+            reader_path = decode_with_ffmpeg(str(path), tempfile.mkdtemp(prefix="hires-restore-"))
+        source = FileSource(reader_path or str(path), name=str(src))
         try:
-            return self._plan_source(source, source.channels, options, reader_path)
+            return self.plan_source(source, source.channels, options, reader_path)
         except BaseException:
             if reader_path is not None:
                 shutil.rmtree(Path(reader_path).parent, ignore_errors=True)
@@ -677,10 +679,14 @@ class Restorer:
 
     def read_window(self, plan: FilePlan, window: Any) -> np.ndarray:
         """The 16 kHz, loudness-normalised input of one window, ``window.length // 3`` samples (zeros past the end)."""
-        return self._read_window(_FileSource(plan.reader_path or plan.source, name=plan.source), plan, window)
+        return self.read_source_window(
+            FileSource(plan.reader_path or plan.source, name=plan.source), plan, window
+        )
 
     @staticmethod
-    def _read_window(source: Any, plan: FilePlan, window: Any) -> np.ndarray:
+    def read_source_window(source: Any, plan: FilePlan, window: Any) -> np.ndarray:
+        """Window ``window`` of an open source at 16 kHz with the plan's gain applied (what
+        :meth:`restore_windows` takes); reads only the window and a little resampling context."""
         sr = plan.sample_rate
         g = math.gcd(sr, LOW_RATE)
         p, q = LOW_RATE // g, sr // g  # 16 kHz sample j sits at input sample j * q / p
@@ -795,7 +801,7 @@ class Restorer:
         windows = plan.windows.windows
         for b in range(0, len(windows), batch_size):
             group = windows[b : b + batch_size]
-            inputs = [self._read_window(source, plan, w) for w in group]
+            inputs = [self.read_source_window(source, plan, w) for w in group]
             results = self.restore_windows(inputs, [w.index for w in group], options)
             for w, result in zip(group, results, strict=True):
                 for stage, sink in sinks.items():
@@ -819,8 +825,8 @@ class Restorer:
             channels = 1
         else:
             raise DataError(f"audio must be (frames,) or (frames, channels), got shape {x.shape}")
-        source = _ArraySource(x, sample_rate)
-        plan = self._plan_source(source, channels, options, None)
+        source = ArraySource(x, sample_rate)
+        plan = self.plan_source(source, channels, options, None)
         stages = [options.final_stage]
         if options.keep_stages and not options.recovery_only:
             stages = ["recovery", "restored"]
@@ -863,7 +869,7 @@ class Restorer:
             try:
                 for stage, out in stages.items():
                     writers[stage] = OutputWriter(out, fmt)
-                source = _FileSource(plan.reader_path or str(src), name=str(src))
+                source = FileSource(plan.reader_path or str(src), name=str(src))
                 self._run(
                     source, plan, options, {s: w.write for s, w in writers.items()}, batch_size, progress
                 )
@@ -896,6 +902,6 @@ class Restorer:
         )
 
 
-def _slices(source: _ArraySource, block: int):
+def _slices(source: ArraySource, block: int):
     for start in range(0, source.frames, block):
         yield source.read(start, start + block)

@@ -25,12 +25,12 @@ from training.config import load_stage_config
 from training.model_dir import save_model_dir
 from training.models import build
 from training.restorer import (
+    ArraySource,
     Bundle,
     FilePlan,
     RestoreOptions,
     Restorer,
     StreamingLoudness,
-    _ArraySource,
     bundle_sources,
     loudness_gain,
     stage_path,
@@ -111,7 +111,7 @@ def test_windows_read_the_same_16k_samples_as_resampling_the_whole_file(sr):
     plan = FilePlan("x", sr, 1, len(x), length, 0.0, 2.0, windows)
     whole = np.concatenate([resample(x, sr, 16000), np.zeros(30720, np.float32)])
     for w in windows.windows:
-        got = Restorer._read_window(_ArraySource(x, sr), plan, w)
+        got = Restorer.read_source_window(ArraySource(x, sr), plan, w)
         expected = 2.0 * whole[w.start // 3 : w.stop // 3]
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -135,8 +135,10 @@ def test_deterministic_for_a_seed_and_independent_of_batching(restorer):
     other = restorer.restore(x, 16000, RestoreOptions(**{**SMALL.__dict__, "seed": 1})).audio
     assert np.abs(a - other).max() > 1e-4
     # the per-window API a batch job uses: any grouping and order of windows gives the same result
-    plan = restorer._plan_source(_ArraySource(x, 16000), 1, SMALL, None)
-    inputs = {w.index: restorer._read_window(_ArraySource(x, 16000), plan, w) for w in plan.windows.windows}
+    plan = restorer.plan_source(ArraySource(x, 16000), 1, SMALL, None)
+    inputs = {
+        w.index: restorer.read_source_window(ArraySource(x, 16000), plan, w) for w in plan.windows.windows
+    }
     order = list(reversed(inputs))
     batched = restorer.restore_windows([inputs[k] for k in order], order, SMALL)
     pieces = [(k, r["restored"]) for k, r in zip(order, batched, strict=True)]
@@ -216,7 +218,7 @@ def test_a_file_that_vanishes_mid_run_leaves_no_output(restorer, tmp_path, monke
 
     src = tmp_path / "gone.wav"
     sf.write(src, speech_like(2.0, 16000), 16000)
-    real = module._FileSource.read
+    real = module.FileSource.read
     calls = []
 
     def read(self, start, stop):
@@ -225,7 +227,7 @@ def test_a_file_that_vanishes_mid_run_leaves_no_output(restorer, tmp_path, monke
             src.unlink()
         return real(self, start, stop)
 
-    monkeypatch.setattr(module._FileSource, "read", read)
+    monkeypatch.setattr(module.FileSource, "read", read)
     dst = tmp_path / "out" / "gone.flac"
     with pytest.raises(DataError, match="disappeared"):
         restorer.restore_file(str(src), str(dst), SMALL)
