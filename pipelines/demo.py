@@ -126,7 +126,9 @@ class DemoResult:
         if "restore" in self.steps:
             step = self.steps["restore"]
             lines.append(f"listen: {step['input']} -> {step['path']}")
-        if self.tracking_uri:
+        if self.tracking_uri and self.tracking_uri.startswith(("http://", "https://")):
+            lines.append(f"browse the runs: {self.tracking_uri}")  # a tracking server has its own UI
+        elif self.tracking_uri:
             lines.append(f"browse the runs: mlflow ui --backend-store-uri {self.tracking_uri}")
         return lines
 

@@ -117,3 +117,12 @@ def test_the_demo_runs_end_to_end_and_a_rerun_resumes(tmp_path, ray_session):
     assert all(again[name]["seconds_taken"] == "reused" for name in ("corpus", "noise", "rir"))
     assert again["synth"]["x_realtime_per_core"] == "all kept"
     assert again["train ldm"]["steps"] == 2
+
+
+def test_the_summary_points_to_the_runs_in_the_store_it_used(tmp_path):
+    from pipelines.demo import DemoResult
+
+    local = DemoResult(out=tmp_path, tracking_uri="sqlite:////x/mlflow.db").lines()
+    assert local[-1] == "browse the runs: mlflow ui --backend-store-uri sqlite:////x/mlflow.db"
+    server = DemoResult(out=tmp_path, tracking_uri="http://127.0.0.1:5000").lines()
+    assert server[-1] == "browse the runs: http://127.0.0.1:5000"
