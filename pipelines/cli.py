@@ -272,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hires: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`hires shards list DIR | head`): not an error of ours; silence the final flush
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
     except USER_ERRORS as e:
         if args.debug:
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -372,3 +373,33 @@ def test_scan_out_in_an_unusable_place_is_refused_before_scanning(tmp_path, caps
     (tmp_path / "d.parquet").mkdir()
     assert main(["corpus", "scan", str(tmp_path), "--out", str(tmp_path / "d.parquet")]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+BROKEN_PIPE_SCRIPT = """
+import argparse, sys
+from pipelines import cli
+build = cli.build_parser
+def with_spam():
+    parser = build()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.add_parser("spam").set_defaults(func=lambda args: [print("x" * 100) for _ in range(10**6)])
+    return parser
+cli.build_parser = with_spam
+sys.exit(cli.main(["spam"]))
+"""
+
+
+def test_a_reader_that_stops_early_is_not_an_internal_error(tmp_path):
+    """``hires shards list DIR | head``: the closed pipe ends the command quietly, as SIGPIPE would."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BROKEN_PIPE_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=str(tmp_path),
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "HOME": str(tmp_path)},
+    )
+    assert proc.stdout.readline().startswith(b"xxx")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err.decode()
+    assert b"internal error" not in err and b"Traceback" not in err, err.decode()
