@@ -110,11 +110,12 @@ def audio_info(path: str | Path) -> AudioInfo:
     except AudioError:
         raise
     except Exception as e:  # libsndfile reports bad headers as generic errors
-        raise AudioError(f"{path}: cannot read audio header: {_short(e)}") from e
+        raise AudioError(f"{path}: cannot read audio header: {short_error(e)}") from e
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
 
 
-def _short(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
+    """The last line of an exception's message (libsndfile/ffmpeg errors end with the useful one)."""
     text = str(e).strip().splitlines()
     return text[-1] if text else type(e).__name__
 
@@ -193,7 +194,7 @@ def read_audio(
     except AudioError:
         raise
     except Exception as e:
-        raise AudioError(f"{path}: cannot decode audio: {_short(e)}") from e
+        raise AudioError(f"{path}: cannot decode audio: {short_error(e)}") from e
     x = downmix(x) if mono else np.ascontiguousarray(x, dtype=np.float32)
     if sr is not None and sr != file_sr:
         x = resample(x, file_sr, sr)

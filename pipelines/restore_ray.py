@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from datasets import storage
-from datasets.audio import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, AudioError, is_uri
+from datasets.audio import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, AudioError, downmix, is_uri, short_error
 from datasets.errors import DataError, HiresError, UsageError
 from pipelines.restore import EXIT_SOME_FAILED, REJECTS, check_writable, reject_reason
 from training.restorer import (
@@ -265,7 +265,7 @@ class _RemoteSource:
             self._sf = sf.SoundFile(self._file)
         except Exception as e:
             self._file.close()
-            raise AudioError(f"{uri}: not readable audio ({_short(e)})") from None
+            raise AudioError(f"{uri}: not readable audio ({short_error(e)})") from None
         self.sample_rate = int(self._sf.samplerate)
         self.frames = int(self._sf.frames)
         self.channels = int(self._sf.channels)
@@ -274,9 +274,9 @@ class _RemoteSource:
         self._sf.seek(0)
         try:
             for x in self._sf.blocks(blocksize=block, dtype="float32", always_2d=True):
-                yield _mono(x)
+                yield downmix(x)
         except (RuntimeError, OSError) as e:
-            raise AudioError(f"{self.name}: cannot decode audio ({_short(e)})") from None
+            raise AudioError(f"{self.name}: cannot decode audio ({short_error(e)})") from None
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = max(start, 0), min(max(stop, 0), self.frames)
@@ -284,25 +284,15 @@ class _RemoteSource:
             return np.zeros(0, dtype=np.float32)
         try:
             self._sf.seek(start)
-            return _mono(self._sf.read(stop - start, dtype="float32", always_2d=True))
+            return downmix(self._sf.read(stop - start, dtype="float32", always_2d=True))
         except (RuntimeError, OSError) as e:
-            raise AudioError(f"{self.name}: cannot decode audio ({_short(e)})") from None
+            raise AudioError(f"{self.name}: cannot decode audio ({short_error(e)})") from None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._sf.close()
         with contextlib.suppress(Exception):
             self._file.close()
-
-
-def _short(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[-1] if lines else type(e).__name__
-
-
-def _mono(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x[:, 0].copy() if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
 
 
 def _needs_ffmpeg(path: str) -> bool:
@@ -890,20 +880,10 @@ class _WindowError(Exception):
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
-def run(args: Any, options: RestoreOptions) -> int:
-    """``hires restore ... --address A`` (called by :mod:`pipelines.commands.restore`); returns the exit code."""
+def run(args: Any, options: RestoreOptions, load: Callable[[], Bundle]) -> int:
+    """``hires restore ... --address A`` (called by :mod:`pipelines.commands.restore` with its bundle loader);
+    returns the exit code."""
     import sys
-
-    def load() -> Bundle:
-        return Bundle.load(
-            args.bundle,
-            recovery=args.recovery,
-            autoencoder=args.autoencoder,
-            vocoder=args.vocoder,
-            ldm=args.ldm,
-            tracking_uri=args.tracking_uri,
-            need_generative=not options.recovery_only,
-        )
 
     # --device cpu is the command's default: on a cluster it means "a GPU per actor when there are GPUs"
     device = "auto" if args.device == "cpu" else args.device

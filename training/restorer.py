@@ -46,7 +46,15 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import sosfilt
 
-from datasets.audio import FFMPEG_EXTENSIONS, AudioError, ffmpeg_available, is_uri, resample
+from datasets.audio import (
+    FFMPEG_EXTENSIONS,
+    AudioError,
+    downmix,
+    ffmpeg_available,
+    is_uri,
+    resample,
+    short_error,
+)
 from datasets.errors import DataError, IncompatibleError, UsageError
 from degradations.input_loudness import DEFAULT_MAX_GAIN_DB
 from degradations.levels import LOUDNESS_ABSOLUTE_GATE_LUFS, db_to_gain, k_weighting_sos
@@ -320,7 +328,7 @@ class FileSource:
         except Exception as e:
             if not Path(path).exists():
                 raise DataError(f"{self.name}: file not found") from None
-            raise AudioError(f"{self.name}: not readable audio ({_short(e)})") from None
+            raise AudioError(f"{self.name}: not readable audio ({short_error(e)})") from None
         self.sample_rate, self.frames, self.channels = (
             int(info.samplerate),
             int(info.frames),
@@ -331,9 +339,9 @@ class FileSource:
         try:
             with sf.SoundFile(self.path) as f:
                 for x in f.blocks(blocksize=block, dtype="float32", always_2d=True):
-                    yield _mono(x)
+                    yield downmix(x)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise AudioError(f"{self.name}: cannot decode audio ({_short(e)})") from None
+            raise AudioError(f"{self.name}: cannot decode audio ({short_error(e)})") from None
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = max(start, 0), min(max(stop, 0), self.frames)
@@ -346,18 +354,8 @@ class FileSource:
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             if not Path(self.path).exists():
                 raise DataError(f"{self.name}: disappeared while it was being restored") from None
-            raise AudioError(f"{self.name}: cannot decode audio ({_short(e)})") from None
-        return _mono(x)
-
-
-def _short(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[-1] if lines else type(e).__name__
-
-
-def _mono(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x[:, 0].copy() if x.ndim == 2 and x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
+            raise AudioError(f"{self.name}: cannot decode audio ({short_error(e)})") from None
+        return downmix(x)
 
 
 def decode_with_ffmpeg(src: str, dst_dir: str) -> str:
@@ -820,7 +818,7 @@ class Restorer:
         x = np.asarray(audio, dtype=np.float32)
         if x.ndim == 2:
             channels = x.shape[1]
-            x = _mono(x)
+            x = downmix(x)
         elif x.ndim == 1:
             channels = 1
         else:

@@ -12,7 +12,6 @@ Exit codes: 0 every input restored (or already done), 3 some inputs rejected (li
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from pipelines.commands import non_negative_int, positive_int
@@ -101,25 +100,11 @@ def run(args: argparse.Namespace) -> int:
             "name the models: --bundle DIR, or --recovery M (and --autoencoder/--vocoder/--ldm M)"
         )
     options = options_from_args(args)
-    if args.address:
-        try:
-            batch = importlib.import_module("pipelines.restore_ray")
-        except ModuleNotFoundError as e:
-            if e.name != "pipelines.restore_ray":
-                raise
-            raise UsageError("--address: the Ray batch mode is not available in this installation") from None
-        return int(batch.run(args, options) or 0)
 
-    import torch
+    def load_bundle():
+        from training.restorer import Bundle
 
-    from pipelines.restore import EXIT_SOME_FAILED, restore_paths
-    from training.restorer import Bundle, Restorer
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    def load() -> Restorer:
-        bundle = Bundle.load(
+        return Bundle.load(
             args.bundle,
             recovery=args.recovery,
             autoencoder=args.autoencoder,
@@ -128,7 +113,22 @@ def run(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             need_generative=not args.recovery_only,
         )
-        return Restorer(bundle, device=args.device)
+
+    if args.address:
+        from pipelines.restore_ray import run as run_on_ray
+
+        return run_on_ray(args, options, load_bundle)
+
+    import torch
+
+    from pipelines.restore import EXIT_SOME_FAILED, restore_paths
+    from training.restorer import Restorer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def load() -> Restorer:
+        return Restorer(load_bundle(), device=args.device)
 
     summary = restore_paths(
         args.inputs,
