@@ -92,11 +92,20 @@ def integrated_loudness(x: np.ndarray, sr: int) -> float:
     sq = y * y
     step = int(round(0.1 * sr))  # 100 ms hop = 75 % overlap of 400 ms blocks
     n_steps = len(sq) // step
-    if n_steps < 4:
-        z = np.array([float(np.mean(sq))])
+    step_sums = sq[: n_steps * step].reshape(n_steps, step).sum(axis=1)
+    return gated_loudness(step_sums, step, float(np.mean(sq)))
+
+
+def gated_loudness(step_sums: np.ndarray, step: int, mean_square: float) -> float:
+    """BS.1770-4 gating of a K-weighted signal given as the sums of its squares over consecutive 100 ms steps
+    (``step`` samples each): 400 ms blocks, absolute gate -70 LUFS, relative gate -10 LU. ``mean_square`` (of the
+    whole signal) stands in for a signal shorter than one block. Whole-signal and streaming measurements share it.
+    """
+    step_sums = np.asarray(step_sums, dtype=np.float64)
+    if len(step_sums) < 4:
+        z = np.array([mean_square])
     else:
-        sub = sq[: n_steps * step].reshape(n_steps, step).sum(axis=1)
-        c = np.concatenate([[0.0], np.cumsum(sub)])
+        c = np.concatenate([[0.0], np.cumsum(step_sums)])
         z = (c[4:] - c[:-4]) / (4 * step)
     with np.errstate(divide="ignore"):
         block_lufs = -0.691 + 10.0 * np.log10(z)

@@ -57,7 +57,7 @@ from datasets.audio import (
 )
 from datasets.errors import DataError, IncompatibleError, UsageError
 from degradations.input_loudness import DEFAULT_MAX_GAIN_DB
-from degradations.levels import LOUDNESS_ABSOLUTE_GATE_LUFS, db_to_gain, k_weighting_sos
+from degradations.levels import db_to_gain, gated_loudness, k_weighting_sos
 from training.features import ComplexSTFT, LogMel
 from training.features import resample as torch_resample
 from training.model_dir import META, WEIGHTS, LoadedModel, _local_dir, load_model
@@ -436,19 +436,7 @@ class StreamingLoudness:
     def loudness(self) -> float:
         if self.count == 0:
             return -math.inf
-        if len(self.steps) < 4:
-            z = np.array([self.total / self.count])
-        else:
-            c = np.concatenate([[0.0], np.cumsum(self.steps)])
-            z = (c[4:] - c[:-4]) / (4 * self.step)
-        with np.errstate(divide="ignore"):
-            block_lufs = -0.691 + 10.0 * np.log10(z)
-        gated = z[block_lufs > LOUDNESS_ABSOLUTE_GATE_LUFS]
-        if gated.size == 0:
-            return -math.inf
-        relative = -0.691 + 10.0 * math.log10(float(np.mean(gated))) - 10.0
-        gated = z[(block_lufs > LOUDNESS_ABSOLUTE_GATE_LUFS) & (block_lufs > relative)]
-        return -0.691 + 10.0 * math.log10(float(np.mean(gated)))
+        return gated_loudness(np.asarray(self.steps), self.step, self.total / self.count)
 
 
 def loudness_gain(
