@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from model_helpers import write_tiny_models
 
 from datasets import shards as shard_format
 from datasets.audio import encode_audio, read_audio
@@ -29,7 +29,6 @@ from training import metrics
 from training.restorer import RestoredAudio, RestoreOptions
 
 SR = 48000
-STAGES = ("recovery", "autoencoder", "vocoder", "ldm")
 
 
 def tone(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
@@ -248,24 +247,9 @@ def test_folders_matched_by_relative_path_at_any_rate(tmp_path):
 
 
 def _tiny_bundle(root: Path) -> Path:
-    from training.config import load_stage_config
-    from training.model_dir import save_model_dir
-    from training.models import build
     from training.restorer import write_bundle
 
-    dirs = {}
-    for i, stage in enumerate(STAGES):
-        torch.manual_seed(i)
-        cfg = load_stage_config(stage, "tiny")
-        net = build(cfg)
-        with torch.no_grad():
-            for p in net.parameters():
-                if not p.abs().sum():  # zero-initialised output layers: random so outputs depend on inputs
-                    p.normal_(0.0, 0.05)
-        meta = {"step": 0, **({"scale_factor": 0.5} if stage == "ldm" else {})}
-        save_model_dir(str(root / stage), stage, cfg, net.state_dict(), meta)
-        dirs[stage] = str(root / stage)
-    return write_bundle(root / "bundle", **dirs)
+    return write_bundle(root / "bundle", **write_tiny_models(root, random_outputs=True))
 
 
 def test_cli_restores_with_a_bundle_and_logs_to_mlflow(run_dir, tmp_path, capsys):

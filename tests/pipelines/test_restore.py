@@ -11,15 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from model_helpers import write_tiny_models
 
 from pipelines.cli import main
 from pipelines.restore import EXIT_SOME_FAILED, REJECTS, collect_jobs, restore_paths
-from training.config import load_stage_config
-from training.model_dir import save_model_dir
-from training.models import build
 from training.restorer import Bundle, RestoreOptions, Restorer
-
-STAGES = ("recovery", "autoencoder", "vocoder", "ldm")
 
 
 @pytest.fixture(autouse=True)
@@ -32,15 +28,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("restore_models")
-    out = {}
-    for i, stage in enumerate(STAGES):
-        torch.manual_seed(i)
-        cfg = load_stage_config(stage, "tiny")
-        meta = {"step": 0, "scale_factor": 0.5} if stage == "ldm" else {"step": 0}
-        save_model_dir(str(root / stage), stage, cfg, build(cfg).state_dict(), meta)
-        out[stage] = str(root / stage)
-    return out
+    return write_tiny_models(tmp_path_factory.mktemp("restore_models"))
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,14 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from model_helpers import STAGES, write_tiny_models
 
 from datasets.errors import IncompatibleError
 from pipelines.cli import main
 from pipelines.retrain import RetrainEvaluation, decide, load_retrain_config, recorded_score, run_retrain
 from training import tracking
 
-STAGES = ("recovery", "autoencoder", "vocoder", "ldm")
 FAST = {
     "train.crop_seconds": 0.1,
     "train.log_every": 1,
@@ -66,23 +65,7 @@ def heldout(tmp_path_factory, inputs, _ray_state) -> str:
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> dict[str, str]:
     """Random-init tiny model directories of the four stages (output layers random, so outputs vary)."""
-    from training.config import load_stage_config
-    from training.model_dir import save_model_dir
-    from training.models import build
-
-    root = tmp_path_factory.mktemp("retrain_models")
-    dirs = {}
-    for i, stage in enumerate(STAGES):
-        torch.manual_seed(i)
-        cfg = load_stage_config(stage, "tiny")
-        net = build(cfg)
-        with torch.no_grad():
-            for p in net.parameters():
-                if not p.abs().sum():
-                    p.normal_(0.0, 0.05)
-        meta = {"step": 0, **({"scale_factor": 0.5} if stage == "ldm" else {})}
-        dirs[stage] = save_model_dir(str(root / stage), stage, cfg, net.state_dict(), meta)
-    return dirs
+    return write_tiny_models(tmp_path_factory.mktemp("retrain_models"), random_outputs=True)
 
 
 def register_champions(tracking_uri: str, model_dirs: dict[str, str], stages=STAGES) -> dict[str, str]:
